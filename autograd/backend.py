@@ -1,0 +1,138 @@
+"""The array backend: the ONLY module of minattn that imports NumPy or CuPy for array math.
+
+Everything else does ``from autograd.backend import xp`` and writes ``xp.exp(...)``, so the same code runs on the CPU
+(NumPy) or a CUDA GPU (CuPy). The choice is read once, at import, from the environment variable ``MINATTN_BACKEND``:
+
+    MINATTN_BACKEND=numpy   (default)  arrays are numpy.ndarray, on the host
+    MINATTN_BACKEND=cupy               arrays are cupy.ndarray, on the current CUDA device
+
+Errors:
+    ValueError   the variable names neither backend (the message lists the valid values).
+    RuntimeError ``cupy`` was asked for but CuPy is not importable, or it finds no CUDA device. There is never a silent
+                 fall-back to NumPy: a run you believe is on the GPU really is.
+
+CuPy facts this module hides (CuPy docs, "Differences between CuPy and NumPy"): ``np.asarray(cupy_array)`` raises, so
+use ``to_numpy``; ``a[idx] += v`` with repeated ``idx`` is undefined on both libraries, so use ``scatter_add``; random
+streams differ, so parameters are initialised from one host generator (``host_rng``) and come out the same on both.
+"""
+import os
+
+import numpy
+
+BACKENDS = ("numpy", "cupy")
+
+
+def _select(name):
+    """Return the array module for backend ``name``; ValueError / RuntimeError as described in the module docstring."""
+    if name not in BACKENDS:
+        raise ValueError(f"MINATTN_BACKEND={name!r} is not a backend; valid values are {', '.join(BACKENDS)}")
+    if name == "numpy":
+        return numpy
+    try:
+        import cupy
+    except ImportError as err:
+        raise RuntimeError(f"MINATTN_BACKEND=cupy but CuPy is not importable ({err}); "
+                           "install it with `pip install -r requirements-gpu.txt`, or unset MINATTN_BACKEND") from err
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CUDA driver missing or broken: CuPy raises its own CUDARuntimeError
+        raise RuntimeError(f"MINATTN_BACKEND=cupy but CuPy finds no usable CUDA device ({err})") from err
+    if count == 0:
+        raise RuntimeError("MINATTN_BACKEND=cupy but CuPy finds no CUDA device")
+    return cupy
+
+
+BACKEND = os.environ.get("MINATTN_BACKEND", "numpy").strip().lower() or "numpy"
+xp = _select(BACKEND)
+"""The array module in use: ``numpy`` or ``cupy``."""
+
+host = numpy
+"""NumPy, always: for data built on the host (batches, checkpoints, plots) before ``asarray`` moves it to ``xp``."""
+
+ndarray = xp.ndarray
+"""The array type of the backend in use."""
+
+
+def to_numpy(a):
+    """A host ``numpy.ndarray`` holding ``a`` (a backend array, a NumPy array or a Python number).
+
+    On CuPy this copies device → host and synchronises; call it for logging and plotting, not inside a training step.
+    """
+    if BACKEND == "cupy" and isinstance(a, xp.ndarray):
+        return xp.asnumpy(a)
+    return numpy.asarray(a)
+
+
+def asarray(a, dtype=None):
+    """``a`` as a backend array (no copy when it already is one of ``dtype``); NumPy arrays are moved to the device."""
+    return xp.asarray(a, dtype=dtype)
+
+
+def is_array(a):
+    """True if ``a`` is an array of the backend in use (a NumPy array on the CuPy backend is not)."""
+    return isinstance(a, xp.ndarray)
+
+
+def is_foreign_array(a):
+    """True if ``a`` is an array of the other library: a NumPy array on the CuPy backend, or a CuPy array on NumPy."""
+    if BACKEND == "cupy":
+        return isinstance(a, numpy.ndarray)
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def scatter_add(target, indices, values):
+    """In place ``target[indices] += values``, where repeated indices ADD (plain ``+=`` would keep only one).
+
+    ``indices`` is anything NumPy indexing takes (a tuple of integer arrays, slices, a boolean mask). NumPy and
+    CuPy ≥ 12 have ``add.at``; older CuPy has ``cupyx.scatter_add``. Returns ``target``.
+    """
+    if hasattr(xp.add, "at"):
+        xp.add.at(target, indices, values)
+    else:  # pragma: no cover - CuPy < 12
+        import cupyx
+        cupyx.scatter_add(target, indices, values)
+    return target
+
+
+def is_floating(dtype):
+    """True for a floating-point dtype (float16/32/64)."""
+    return numpy.dtype(dtype).kind == "f"
+
+
+def dtype_of(name):
+    """``numpy.dtype(name)``: the dtype object for 'float32', 'int64', ... (dtypes are shared by NumPy and CuPy)."""
+    return numpy.dtype(name)
+
+
+float32 = numpy.dtype("float32")
+float64 = numpy.dtype("float64")
+int64 = numpy.dtype("int64")
+
+_host_rng = numpy.random.default_rng(0)
+_device_rng = xp.random.RandomState(0)
+
+
+def manual_seed(seed):
+    """Seed both random streams: the host one that initialises parameters and the device one used by dropout.
+
+    The same seed gives bit-identical parameters on both backends (they are drawn on the host and copied), and
+    bit-identical runs on NumPy. Dropout masks on CuPy come from cuRAND and differ from NumPy's.
+    """
+    global _host_rng, _device_rng
+    _host_rng = numpy.random.default_rng(seed)
+    _device_rng = xp.random.RandomState(seed)
+
+
+def host_rng():
+    """The host ``numpy.random.Generator`` (for parameter initialisation and data: draw, then ``asarray``)."""
+    return _host_rng
+
+
+def new_host_rng(seed):
+    """A fresh host ``numpy.random.Generator`` seeded with ``seed`` (data sets, gradcheck directions)."""
+    return numpy.random.default_rng(seed)
+
+
+def random_uniform(shape):
+    """A backend array of shape ``shape`` with values uniform in [0, 1), from the device stream (dropout masks)."""
+    return _device_rng.random_sample(shape)

@@ -1,0 +1,104 @@
+"""Multi-head attention (Vaswani et al. 2017, §3.2.2), built on the fused scaled dot-product attention."""
+from autograd import ops
+from minattn import functional as F
+from minattn import masks
+from minattn.layers import Linear
+from minattn.module import Module
+
+
+def transpose_qkv(x, num_heads):
+    """(B, L, h·d_h) → (B, h, L, d_h): split the features into h heads and move the head axis forward (d2l §11.5)."""
+    batch, length, features = x.shape
+    x = x.reshape(batch, length, num_heads, features // num_heads)     # (B, L, h, d_h)
+    return ops.permute(x, (0, 2, 1, 3))                                 # (B, h, L, d_h)
+
+
+def transpose_output(x):
+    """(B, h, L, d_h) → (B, L, h·d_h): the inverse of ``transpose_qkv`` (concatenate the heads)."""
+    batch, heads, length, head_dim = x.shape
+    x = ops.permute(x, (0, 2, 1, 3))                                    # (B, L, h, d_h)
+    return x.reshape(batch, length, heads * head_dim)                   # (B, L, h·d_h)
+
+
+def check_qkv(query, key, value, embed_dim, kdim, vdim):
+    """ValueError / TypeError naming the argument when query, key, value are not (B, L, E), (B, S, kdim),
+    (B, S, vdim) tensors of one dtype."""
+    for name, t, last in (("query", query, embed_dim), ("key", key, kdim), ("value", value, vdim)):
+        if not hasattr(t, "shape") or not hasattr(t, "data"):
+            raise TypeError(f"{name} must be a minattn Tensor, got {type(t).__name__}")
+        if t.ndim != 3 or t.shape[-1] != last:
+            raise ValueError(f"{name} must be (batch, length, {last}); got shape {t.shape}")
+        if t.dtype != query.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}")
+    if not query.shape[0] == key.shape[0] == value.shape[0]:
+        raise ValueError(f"query, key, value batch sizes differ: {query.shape}, {key.shape}, {value.shape}")
+    if key.shape[1] != value.shape[1]:
+        raise ValueError(f"key {key.shape} and value {value.shape} must have the same length S")
+
+
+class MultiHeadAttention(Module):
+    """h heads of scaled dot-product attention on learned projections, concatenated and projected.
+
+        head_i = Attention(Q W_q^(i), K W_k^(i), V W_v^(i)),   MultiHead(Q, K, V) = concat(head_1..head_h) W_o
+
+    The h projections of size d_h = embed_dim / h are computed as ONE Linear each (W_q: embed_dim → embed_dim)
+    whose output is split into heads (``transpose_qkv``), which is the same thing and one matrix product.
+
+    Args:
+        embed_dim (E): model width; num_heads (h): must divide E.
+        dropout: dropout on the attention weights, in training mode.
+        bias: whether W_q, W_k, W_v, W_o have biases.
+        kdim, vdim: feature sizes of key and value inputs (default E), for cross-attention between widths.
+        dtype: of the parameters (float32 by default).
+    Shapes (batch first):
+        query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E)
+        ``attention_weights`` after a call: (B, h, L, S), kept for plotting (a detached tensor).
+    Equivalent to PyTorch's ``nn.MultiheadAttention(E, h, batch_first=True)`` with
+        in_proj_weight = concat(W_q.weight, W_k.weight, W_v.weight) (in that order), in_proj_bias likewise,
+        out_proj = W_o — except that its 3-D attn_mask is (B·h, L, S) and ours (B, h, L, S).
+    Raises:
+        ValueError if embed_dim % num_heads != 0 (naming both), or for inputs / masks of the wrong shape;
+        TypeError for inputs of another dtype.
+    Source: Vaswani et al. 2017, §3.2.2; d2l §11.5.
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None, dtype=None):
+        super().__init__()
+        if num_heads <= 0 or embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
+        self.dropout = dropout
+        self.W_q = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype)
+        self.W_k = Linear(self.kdim, embed_dim, bias=bias, dtype=dtype)
+        self.W_v = Linear(self.vdim, embed_dim, bias=bias, dtype=dtype)
+        self.W_o = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype)
+        self.attention_weights = None
+
+    def forward(self, query, key, value, valid_lens=None, attn_mask=None, is_causal=False):
+        """Attend from each query position to the key/value positions.
+
+        Args:
+            query (B, L, E), key (B, S, kdim), value (B, S, vdim): Tensors (the same for self-attention).
+            valid_lens: None, (B,) or (B, L) integers: keys at index >= valid_len are padding (d2l).
+            attn_mask: None, boolean (True = take part) or float (added), broadcastable to (B, h, L, S).
+            is_causal: query i sees keys 0..i only; an error together with attn_mask.
+        Returns:
+            (B, L, E). A query with every key masked gets 0 from attention (then W_o's bias).
+        """
+        check_qkv(query, key, value, self.embed_dim, self.kdim, self.vdim)
+        batch, num_queries, num_keys = query.shape[0], query.shape[1], key.shape[1]
+        mask, bias = masks.attention_masks(batch, self.num_heads, num_queries, num_keys, query.dtype,
+                                           valid_lens, attn_mask, is_causal)       # -> (B, h, L, S)
+        q = transpose_qkv(self.W_q(query), self.num_heads)             # (B, h, L, d_h)
+        k = transpose_qkv(self.W_k(key), self.num_heads)               # (B, h, S, d_h)
+        v = transpose_qkv(self.W_v(value), self.num_heads)             # (B, h, S, d_h)
+        out, weights = F.attention(q, k, v, mask, bias, dropout_p=self.dropout if self.training else 0.0,
+                                   need_weights=True)                  # (B, h, L, d_h), (B, h, L, S)
+        self.attention_weights = weights                               # (B, h, L, S)
+        return self.W_o(transpose_output(out))                         # (B, L, E)
+
+    def extra_repr(self):
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"

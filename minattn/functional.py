@@ -1,0 +1,217 @@
+"""minattn.functional: the stateless operations, checked and documented, as ``torch.nn.functional`` offers them.
+
+Each function validates its arguments (shapes, dtypes, ranges) before computing anything, then calls the fused
+Function from ``minattn/fused/`` whose backward is written by hand.
+"""
+import math
+
+from autograd import backend, ops
+from autograd.tensor import Tensor, as_data
+from minattn import masks
+from minattn.fused.attention import ScaledDotProductAttentionFunction
+from minattn.fused.cross_entropy import CrossEntropyFunction
+from minattn.fused.layer_norm import LayerNormFunction
+from minattn.fused.linear import LinearFunction
+from minattn.fused.softmax import SoftmaxFunction
+
+
+def _check_tensor(x, name):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a minattn Tensor, got {type(x).__name__}")
+
+
+def _check_float(x, name):
+    _check_tensor(x, name)
+    if not backend.is_floating(x.dtype):
+        raise TypeError(f"{name} must be a floating tensor, got dtype {x.dtype}")
+
+
+def linear(x, weight, bias=None):
+    """y = x Wᵀ + b.  x: (..., in_features), weight: (out_features, in_features), bias: (out_features,) or None.
+
+    Raises TypeError if the dtypes differ (no silent cast), ValueError if x's last axis is not in_features.
+    """
+    _check_float(x, "x")
+    if x.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
+        raise TypeError(f"linear: x has dtype {x.dtype} but the weight has {weight.dtype}; cast x explicitly")
+    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: x of shape {x.shape} must end in in_features={weight.shape[1]}")
+    return LinearFunction.apply(x, weight, *([bias] if bias is not None else []))
+
+
+def softmax(x, axis=-1):
+    """Softmax over ``axis``: P = exp(x − max) / Σ exp(x − max). Fused (see ``SoftmaxFunction``)."""
+    _check_float(x, "x")
+    return SoftmaxFunction.apply(x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    """log softmax(x) = x − m − log Σ exp(x − m) over ``axis``, m = the max (a constant: the shift cancels).
+
+    Composed from engine primitives (sub, exp, sum, log); stable for logits of any size.
+    """
+    _check_float(x, "x")
+    shifted = x - x.data.max(axis=axis, keepdims=True)
+    return shifted - ops.log(ops.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def masked_softmax(scores, valid_lens=None):
+    """d2l's masked softmax: softmax over the last axis, keys at index >= valid_len excluded.
+
+    Args:
+        scores: (B, ..., L, S) float; typically (B, L, S) or (B, heads, L, S).
+        valid_lens: None (no mask), integers (B,) — one length per sequence — or (B, L) — one per query.
+    Returns (B, ..., L, S). A row with valid_len 0 is all zeros (no NaN; d2l's −1e6 fill would make it uniform).
+    Raises TypeError / ValueError for bad valid_lens (see ``masks.valid_lens_mask``).
+    Source: d2l §11.3.2 (``masked_softmax``).
+    """
+    _check_float(scores, "scores")
+    if valid_lens is None:
+        return SoftmaxFunction.apply(scores)
+    if scores.ndim < 3:
+        raise ValueError(f"masked_softmax: scores must be (batch, ..., L, S); got shape {scores.shape}")
+    mask = masks.valid_lens_mask(valid_lens, scores.shape[-2], scores.shape[-1])   # (B, 1|L, S)
+    if mask.shape[0] != scores.shape[0]:
+        raise ValueError(f"valid_lens has {mask.shape[0]} rows but scores have batch size {scores.shape[0]}")
+    mask = mask.reshape(mask.shape[:1] + (1,) * (scores.ndim - 3) + mask.shape[1:])   # (B, 1.., 1|L, S)
+    return SoftmaxFunction.apply(scores, mask=mask)
+
+
+def dropout(x, p=0.5, training=True):
+    """Inverted dropout: each element zeroed with probability p, the rest scaled by 1/(1 − p); identity in eval.
+
+    Composed from a constant mask and the engine's Mul, so its backward is Mul's (dx = dy ∘ mask).
+    Raises ValueError unless 0 <= p < 1.  Source: Srivastava et al. 2014.
+    """
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if not training or p == 0:
+        return x
+    return x * Tensor(dropout_keep(x.shape, p, x.dtype))
+
+
+def dropout_keep(shape, p, dtype):
+    """The dropout multiplier: an array of ``shape`` with 0 (probability p) or 1/(1 − p)."""
+    keep = backend.random_uniform(shape) >= p
+    return keep.astype(dtype) * dtype.type(1 / (1 - p))
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """LayerNorm over the last axis. x: (..., D), weight γ and bias β: (D,). Fused (see ``LayerNormFunction``).
+
+    Raises ValueError if x's last axis is not D, TypeError on a dtype mismatch.
+    """
+    _check_float(x, "x")
+    if x.shape[-1] != weight.shape[0]:
+        raise ValueError(f"layer_norm: x of shape {x.shape} must end in normalized_shape={weight.shape[0]}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"layer_norm: x has dtype {x.dtype} but the weight has {weight.dtype}")
+    return LayerNormFunction.apply(x, weight, bias, eps=eps)
+
+
+def embedding(ids, weight):
+    """Rows of ``weight`` (num_embeddings, D) picked by integer ``ids`` (any shape) → (*ids.shape, D).
+
+    The lookup is the engine's getitem; its backward scatter-adds each row's gradients (a token used k times gets
+    the sum of k gradients). Raises TypeError for non-integer ids and ValueError for an id outside
+    [0, num_embeddings) — CuPy would silently wrap it.
+    """
+    ids = as_data(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"embedding ids must be integers, got dtype {ids.dtype}")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
+        raise ValueError(f"embedding ids must lie in [0, {weight.shape[0]}); "
+                         f"got values in [{int(ids.min())}, {int(ids.max())}]")
+    return ops.getitem(weight, ids)
+
+
+def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """Cross-entropy between unnormalised ``logits`` and integer class ``target``, as PyTorch's F.cross_entropy.
+
+    Args:
+        logits: (N, C) or (N, C, d1, ...) float (classes on axis 1, as PyTorch).
+        target: (N,) or (N, d1, ...) integers in [0, C), or ``ignore_index`` (such rows add nothing and are not
+            counted in the mean — use it for padding).
+        label_smoothing: ε in [0, 1]: the target becomes (1 − ε) one-hot + ε / C.
+        reduction: 'mean' (over rows not ignored), 'sum', or 'none' (shape of target).
+    Raises TypeError / ValueError for a non-integer target, mismatched shapes, a class id out of range, a bad
+    reduction or label_smoothing. Fused (see ``CrossEntropyFunction``).
+    """
+    _check_float(logits, "logits")
+    target = as_data(target)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class ids, got dtype {target.dtype}")
+    if logits.ndim < 2 or target.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(f"logits {logits.shape} and target {target.shape} do not match: expected logits (N, C, ...) "
+                         "and target (N, ...)")
+    num_classes = logits.shape[1]
+    kept = target[target != ignore_index]
+    if kept.size and (int(kept.min()) < 0 or int(kept.max()) >= num_classes):
+        raise ValueError(f"target ids must lie in [0, {num_classes}) or equal ignore_index={ignore_index}; "
+                         f"got values in [{int(kept.min())}, {int(kept.max())}]")
+    out_shape = target.shape
+    if logits.ndim > 2:   # classes last, then one row per position
+        logits = ops.permute(logits, (0,) + tuple(range(2, logits.ndim)) + (1,)).reshape(-1, num_classes)
+        target = target.reshape(-1)
+    loss = CrossEntropyFunction.apply(logits, target=target, ignore_index=ignore_index,
+                                      label_smoothing=label_smoothing, reduction=reduction)
+    return loss.reshape(out_shape) if reduction == "none" else loss
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0,
+                                 need_weights=False):
+    """softmax(Q Kᵀ · scale + mask) V, with PyTorch's semantics (``torch.nn.functional.scaled_dot_product_attention``).
+
+    Args:
+        query: (..., L, E); key: (..., S, E); value: (..., S, Ev) — batch axes broadcast.
+        attn_mask: None; boolean, True = take part; or float, added to the scores. Broadcastable to (..., L, S).
+        is_causal: mask keys after the query (top-left aligned lower triangle). An error together with attn_mask.
+        scale: defaults to 1/√E.
+        dropout_p: dropout on the attention weights (applied whenever > 0, as PyTorch's functional form does:
+            pass 0.0 in evaluation).
+        need_weights: minattn's addition: also return the attention weights (..., L, S) as a detached tensor.
+    Returns:
+        (..., L, Ev), or (output, weights) when ``need_weights``. A query whose keys are all masked gets output 0,
+        weights 0 and gradient 0 — no NaN.
+    Raises:
+        TypeError for non-tensor or mismatched-dtype inputs or a bad mask dtype; ValueError for mismatched sizes,
+        a mask that does not broadcast, or attn_mask with is_causal.
+    Source: Vaswani et al. 2017, eq. 1. Backward: ``ScaledDotProductAttentionFunction``.
+    """
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _check_float(t, name)
+        if t.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 axes (..., length, features); got shape {t.shape}")
+        if t.dtype != query.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}")
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(f"query {query.shape} and key {key.shape} must share the last axis E")
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(f"key {key.shape} and value {value.shape} must share the length axis S")
+    batch = masks.broadcast_shape(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    num_queries, num_keys = query.shape[-2], key.shape[-2]
+    mask, bias = masks.split_attn_mask(attn_mask, is_causal, num_queries, num_keys, query.dtype)
+    masks.check_batch_broadcast(mask if mask is not None else bias, batch + (num_queries, num_keys), "attn_mask")
+    return attention(query, key, value, mask, bias, scale, dropout_p, need_weights)
+
+
+def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0, need_weights=False):
+    """The unchecked core shared by ``scaled_dot_product_attention`` and the attention layers.
+
+    ``mask`` (bool, True = take part) and ``bias`` (float) are arrays already validated by the caller.
+    """
+    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+    keep = None
+    if dropout_p > 0:
+        batch = masks.broadcast_shape(query.shape[:-2], key.shape[:-2])
+        keep = dropout_keep(batch + (query.shape[-2], key.shape[-2]), dropout_p, query.dtype)   # (..., L, S)
+    out, ctx = ScaledDotProductAttentionFunction.apply_with_ctx(query, key, value, mask=mask, bias=bias,
+                                                                 scale=scale, keep=keep)
+    if need_weights:
+        return out, Tensor(ctx.saved[3])
+    return out
+

@@ -1,0 +1,153 @@
+"""The building blocks: Linear, Embedding, LayerNorm, Dropout, PositionalEncoding, PositionWiseFFN.
+
+Parameters are drawn from the host generator (``autograd.backend.host_rng``, seeded by ``minattn.manual_seed``) in
+float64 and stored as float32 unless ``dtype`` says otherwise, so a seed gives the same model on NumPy and CuPy.
+"""
+import math
+
+from autograd import backend
+from autograd.backend import xp
+from minattn import functional as F
+from minattn.module import Module, Parameter
+
+
+def _dtype(dtype):
+    return backend.float32 if dtype is None else backend.dtype_of(dtype)
+
+
+class Linear(Module):
+    """y = x Wᵀ + b (PyTorch's ``nn.Linear``).
+
+    Args:
+        in_features, out_features: sizes of the last axis in and out.
+        bias: learn an additive bias b (out_features,).
+        dtype: of the parameters; float32 by default.
+    Shapes: x (..., in_features) → y (..., out_features); weight W (out_features, in_features).
+    Init: W and b uniform in ±1/√in_features (PyTorch's default).
+    Raises ValueError if x does not end in in_features, TypeError if x's dtype is not the weight's.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1 / math.sqrt(in_features)
+        rng = backend.host_rng()
+        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)), dtype=_dtype(dtype))
+        self.bias = Parameter(rng.uniform(-bound, bound, (out_features,)), dtype=_dtype(dtype)) if bias else None
+
+    def forward(self, x):
+        """Apply the affine map (fused Function, see ``minattn.fused.linear``)."""
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(Module):
+    """A lookup table: integer ids (any shape) → rows of ``weight`` (num_embeddings, embedding_dim).
+
+    Init: N(0, 1), as PyTorch. Raises ValueError for an id outside [0, num_embeddings), TypeError for non-integers.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = Parameter(backend.host_rng().standard_normal((num_embeddings, embedding_dim)), dtype=_dtype(dtype))
+
+    def forward(self, ids):
+        """ids (...) → (..., embedding_dim)."""
+        return F.embedding(ids, self.weight)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class LayerNorm(Module):
+    """Normalise the last axis to mean 0, variance 1, then scale by γ (``weight``) and shift by β (``bias``).
+
+    Shapes: x (..., normalized_shape) → same. Init γ = 1, β = 0. Source: Ba et al. 2016; PyTorch ``nn.LayerNorm``.
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, dtype=None):
+        super().__init__()
+        self.normalized_shape, self.eps = normalized_shape, eps
+        self.weight = Parameter(xp.ones(normalized_shape), dtype=_dtype(dtype))
+        self.bias = Parameter(xp.zeros(normalized_shape), dtype=_dtype(dtype))
+
+    def forward(self, x):
+        """Fused Function, see ``minattn.fused.layer_norm``."""
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class Dropout(Module):
+    """Zero each element with probability p and scale the rest by 1/(1 − p) in training; identity in eval()."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x):
+        """x → x ∘ mask / (1 − p) (training) or x (eval)."""
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+def sinusoidal_positions(max_len, embed_dim):
+    """The table P (max_len, embed_dim): P[pos, 2i] = sin(pos / 10000^(2i/d)), P[pos, 2i+1] = cos(same), float64.
+
+    Source: Vaswani et al. 2017, §3.5 (base 10000); d2l §11.6.3.
+    """
+    pos = xp.arange(max_len, dtype=backend.float64)[:, None]                  # (max_len, 1)
+    freq = 10000.0 ** (-xp.arange(0, embed_dim, 2, dtype=backend.float64) / embed_dim)   # (ceil(d/2),)
+    table = xp.zeros((max_len, embed_dim), dtype=backend.float64)
+    table[:, 0::2] = xp.sin(pos * freq)                                       # even columns
+    table[:, 1::2] = xp.cos(pos * freq[: embed_dim // 2])                     # odd columns
+    return table
+
+
+class PositionalEncoding(Module):
+    """Add the sinusoidal position table to a batch of embeddings, then dropout.
+
+    Shapes: x (batch, L, embed_dim) → same; P[:L] is broadcast over the batch. No parameters.
+    Raises ValueError if L > max_len or the last axis is not embed_dim.
+    """
+
+    def __init__(self, embed_dim, dropout=0.0, max_len=1000, dtype=None):
+        super().__init__()
+        self.embed_dim, self.max_len = embed_dim, max_len
+        self.P = sinusoidal_positions(max_len, embed_dim).astype(_dtype(dtype))   # (max_len, d), a constant
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x):
+        """x + P[:L], then dropout."""
+        if x.ndim != 3 or x.shape[-1] != self.embed_dim or x.shape[1] > self.max_len:
+            raise ValueError(f"PositionalEncoding expects (batch, L <= {self.max_len}, {self.embed_dim}); "
+                             f"got {x.shape}")
+        return self.dropout(x + self.P[: x.shape[1]].astype(x.dtype, copy=False))
+
+    def extra_repr(self):
+        return f"{self.embed_dim}, max_len={self.max_len}"
+
+
+class PositionWiseFFN(Module):
+    """The Transformer's feed-forward sublayer, applied to every position alike: W_2 relu(W_1 x + b_1) + b_2.
+
+    Shapes: x (..., embed_dim) → (..., embed_dim), through (..., ffn_hidden). Source: Vaswani et al. 2017, eq. 2.
+    """
+
+    def __init__(self, embed_dim, ffn_hidden, dropout=0.0, dtype=None):
+        super().__init__()
+        self.dense1 = Linear(embed_dim, ffn_hidden, dtype=dtype)
+        self.dense2 = Linear(ffn_hidden, embed_dim, dtype=dtype)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x):
+        """x (..., d) → (..., d)."""
+        return self.dense2(self.dropout(self.dense1(x).relu()))

@@ -1,0 +1,129 @@
+"""Attention masks: turning ``valid_lens``, ``attn_mask`` and ``is_causal`` into what the softmax needs.
+
+Conventions (../shared/DESIGN.md §3, and PyTorch's ``scaled_dot_product_attention``):
+  * a boolean mask: True = this key takes part in attention for this query; False = masked;
+  * a float mask: added to the scores (use -inf to mask, finite values to bias);
+  * ``valid_lens`` (d2l): (batch,) one length per sequence, or (batch, queries) one per query; keys at index
+    >= valid_len are masked (they are padding);
+  * ``is_causal``: query i sees keys 0..i (a lower-triangular mask aligned to the top-left, as in PyTorch).
+Every mask is checked here, before any arithmetic: a wrong shape or dtype raises with what was expected.
+"""
+from autograd import backend
+from autograd.backend import xp
+from autograd.tensor import as_data
+
+
+def broadcast_shape(*shapes):
+    """The NumPy broadcast of ``shapes``; ValueError naming them when they do not broadcast."""
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for axis in range(ndim):
+        sizes = {s[axis - ndim + len(s)] for s in shapes if axis - ndim + len(s) >= 0} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"shapes {' and '.join(map(str, shapes))} do not broadcast")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def causal_mask(num_queries, num_keys):
+    """Boolean (L, S), True where key j <= query i (top-left aligned, as PyTorch's ``is_causal``)."""
+    return xp.tril(xp.ones((num_queries, num_keys), dtype=bool))
+
+
+def valid_lens_mask(valid_lens, num_queries, num_keys):
+    """Boolean mask from d2l's ``valid_lens``: True where key index < valid length.
+
+    Args:
+        valid_lens: integers, (B,) — one length per sequence — or (B, L) — one per query. Tensor or array.
+        num_queries (L), num_keys (S): sizes of the score matrix.
+    Returns:
+        bool (B, 1, S) for 1-D valid_lens, (B, L, S) for 2-D.
+    Raises:
+        TypeError for non-integer valid_lens; ValueError for another shape, or a length < 0 or > S.
+    """
+    lens = as_data(valid_lens)
+    if lens.dtype.kind not in "iu":
+        raise TypeError(f"valid_lens must be integers, got dtype {lens.dtype}")
+    if lens.ndim == 2 and lens.shape[1] != num_queries:
+        raise ValueError(f"valid_lens of shape {lens.shape} must be (batch,) or (batch, {num_queries} queries)")
+    if lens.ndim not in (1, 2):
+        raise ValueError(f"valid_lens must be (batch,) or (batch, queries); got shape {lens.shape}")
+    if lens.size and (int(lens.min()) < 0 or int(lens.max()) > num_keys):
+        raise ValueError(f"valid_lens must lie in [0, {num_keys}] (the number of keys); "
+                         f"got values in [{int(lens.min())}, {int(lens.max())}]")
+    lens = lens[:, None] if lens.ndim == 1 else lens                       # (B, 1) or (B, L)
+    return xp.arange(num_keys)[None, None, :] < lens[:, :, None]          # (B, 1 or L, S)
+
+
+def split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype):
+    """Normalise PyTorch-style ``attn_mask`` / ``is_causal`` into ``(mask, bias)`` for the softmax.
+
+    Returns:
+        mask: boolean array (True = take part) broadcastable to (..., L, S), or None.
+        bias: float array of ``dtype`` added to the scores, or None.
+    Raises:
+        ValueError if both ``attn_mask`` and ``is_causal`` are given (as PyTorch does), or if the mask's last two
+        axes do not broadcast to (L, S). TypeError for an integer mask or a float mask of another dtype.
+    """
+    if attn_mask is None:
+        return (causal_mask(num_queries, num_keys) if is_causal else None), None
+    if is_causal:
+        raise ValueError("pass either attn_mask or is_causal=True, not both (PyTorch raises the same)")
+    mask = as_data(attn_mask)
+    if mask.ndim < 1 or mask.shape[-1] not in (1, num_keys) or (mask.ndim > 1 and mask.shape[-2] not in (1, num_queries)):
+        raise ValueError(f"attn_mask of shape {mask.shape} does not broadcast to the scores' (L, S) = "
+                         f"({num_queries}, {num_keys})")
+    if mask.dtype == bool:
+        return mask, None
+    if not backend.is_floating(mask.dtype):
+        raise TypeError(f"attn_mask must be boolean (True = take part) or float (added); got dtype {mask.dtype}")
+    if mask.dtype != dtype:
+        raise TypeError(f"a float attn_mask must have the scores' dtype {dtype}; got {mask.dtype}")
+    return None, mask
+
+
+def combine(*masks):
+    """Logical AND of boolean masks, ignoring None (None if all are None)."""
+    out = None
+    for m in masks:
+        if m is not None:
+            out = m if out is None else out & m
+    return out
+
+
+def check_batch_broadcast(array, scores_shape, name):
+    """ValueError naming ``name`` if ``array``'s shape does not broadcast to ``scores_shape``."""
+    if array is None:
+        return
+    shape = array.shape
+    if len(shape) > len(scores_shape) or any(a not in (1, b) for a, b in zip(shape[::-1], scores_shape[::-1])):
+        raise ValueError(f"{name} of shape {shape} does not broadcast to the scores' shape {scores_shape}")
+
+
+def attention_masks(batch, num_heads, num_queries, num_keys, dtype, valid_lens=None, attn_mask=None,
+                    is_causal=False):
+    """Every way of masking a multi-head layer, merged into one ``(mask, bias)`` for scores (B, h, L, S).
+
+    Args:
+        batch (B), num_heads (h), num_queries (L), num_keys (S): the scores' shape; dtype: the scores' dtype.
+        valid_lens: None, (B,) or (B, L) integers (d2l).
+        attn_mask: None, or a boolean / float mask broadcastable to (B, h, L, S) — an (L, S) mask serves every
+            sequence and head; a (B, 1, L, S) mask is per sequence. (PyTorch's ``nn.MultiheadAttention`` takes a
+            3-D mask as (B·h, L, S): reshape such a mask to (B, h, L, S) first.)
+        is_causal: add the causal mask (query i sees keys 0..i). An error together with attn_mask.
+    Returns:
+        mask: bool broadcastable to (B, h, L, S), True = take part, or None; bias: float or None.
+    Raises:
+        TypeError / ValueError as ``valid_lens_mask`` and ``split_attn_mask`` do, and ValueError naming the
+        shapes when a mask does not broadcast to (B, h, L, S).
+    """
+    scores_shape = (batch, num_heads, num_queries, num_keys)
+    mask, bias = split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype)
+    check_batch_broadcast(mask if mask is not None else bias, scores_shape, "attn_mask")
+    lens_mask = None
+    if valid_lens is not None:
+        lens_mask = valid_lens_mask(valid_lens, num_queries, num_keys)    # (B', 1|L, S)
+        if lens_mask.shape[0] != batch:
+            raise ValueError(f"valid_lens has {lens_mask.shape[0]} rows but the batch has {batch} sequences")
+        lens_mask = lens_mask[:, None]                                      # (B, 1, 1|L, S)
+    return combine(lens_mask, mask), bias

@@ -1,0 +1,152 @@
+"""The encoder–decoder Transformer (Vaswani et al. 2017), with padding masks from valid lengths and greedy decoding.
+
+    src ids (B, S) ─ Embedding + positions ─ N × [self-attention, FFN] ─────────── memory (B, S, d)
+                                                                                       │
+    tgt ids (B, T) ─ Embedding + positions ─ N × [causal self-attention, cross-attention to memory, FFN] ─ Linear ─ logits (B, T, V)
+
+Each sublayer is wrapped as LayerNorm(x + Dropout(sublayer(x))) — post-norm, as in the paper and d2l — or, with
+``norm_first=True``, x + Dropout(sublayer(LayerNorm(x))) (pre-norm, as GPT-2 and PyTorch's option).
+Source: Vaswani et al. 2017, §3; d2l §11.7.
+"""
+from autograd import backend
+from autograd.backend import xp
+from autograd.tensor import Tensor, no_grad
+from minattn.attention import MultiHeadAttention
+from minattn.layers import Dropout, Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN
+from minattn.module import Module, ModuleList
+
+
+class Residual(Module):
+    """x + Dropout(sublayer(x)) with a LayerNorm after (post-norm) or before the sublayer (``norm_first``)."""
+
+    def __init__(self, embed_dim, dropout, norm_first, dtype=None):
+        super().__init__()
+        self.norm = LayerNorm(embed_dim, dtype=dtype)
+        self.dropout = Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(self, x, sublayer):
+        """x (B, L, d), sublayer: a callable (B, L, d) → (B, L, d)."""
+        if self.norm_first:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderBlock(Module):
+    """Self-attention over the source (padding keys masked by ``valid_lens``), then the feed-forward sublayer."""
+
+    def __init__(self, embed_dim, num_heads, ffn_hidden, dropout=0.0, norm_first=False, dtype=None):
+        super().__init__()
+        self.attention = MultiHeadAttention(embed_dim, num_heads, dropout, dtype=dtype)
+        self.residual1 = Residual(embed_dim, dropout, norm_first, dtype)
+        self.ffn = PositionWiseFFN(embed_dim, ffn_hidden, dropout, dtype)
+        self.residual2 = Residual(embed_dim, dropout, norm_first, dtype)
+
+    def forward(self, x, valid_lens=None):
+        """x (B, S, d), valid_lens (B,) → (B, S, d)."""
+        x = self.residual1(x, lambda h: self.attention(h, h, h, valid_lens=valid_lens))   # (B, S, d)
+        return self.residual2(x, self.ffn)                                                # (B, S, d)
+
+
+class DecoderBlock(Module):
+    """Causal self-attention, cross-attention to the encoder's memory, then the feed-forward sublayer."""
+
+    def __init__(self, embed_dim, num_heads, ffn_hidden, dropout=0.0, norm_first=False, dtype=None):
+        super().__init__()
+        self.self_attention = MultiHeadAttention(embed_dim, num_heads, dropout, dtype=dtype)
+        self.residual1 = Residual(embed_dim, dropout, norm_first, dtype)
+        self.cross_attention = MultiHeadAttention(embed_dim, num_heads, dropout, dtype=dtype)
+        self.residual2 = Residual(embed_dim, dropout, norm_first, dtype)
+        self.ffn = PositionWiseFFN(embed_dim, ffn_hidden, dropout, dtype)
+        self.residual3 = Residual(embed_dim, dropout, norm_first, dtype)
+
+    def forward(self, x, memory, memory_valid_lens=None):
+        """x (B, T, d), memory (B, S, d), memory_valid_lens (B,) → (B, T, d)."""
+        x = self.residual1(x, lambda h: self.self_attention(h, h, h, is_causal=True))          # (B, T, d)
+        x = self.residual2(x, lambda h: self.cross_attention(h, memory, memory,
+                                                             valid_lens=memory_valid_lens))    # (B, T, d)
+        return self.residual3(x, self.ffn)                                                     # (B, T, d)
+
+
+class Transformer(Module):
+    """Encoder–decoder Transformer for sequence-to-sequence tasks over integer tokens.
+
+    Args:
+        src_vocab_size, tgt_vocab_size: vocabulary sizes.
+        embed_dim (d), num_heads (h, dividing d), ffn_hidden: widths.
+        num_encoder_layers, num_decoder_layers: depths.
+        dropout: in attention weights, residual branches, FFN and positional encoding (training mode only).
+        max_len: the longest sequence the positional table covers.
+        norm_first: pre-norm instead of the paper's post-norm.
+        dtype: of the parameters (float32 by default).
+    Shapes: src (B, S), tgt_in (B, T) integer ids, src_valid_lens (B,) → logits (B, T, tgt_vocab_size).
+    Token embeddings are not multiplied by √d (as in GPT-2 and minGPT; the paper does), so that the unit-variance
+    embedding and the unit-amplitude positional table start on an equal footing.
+    """
+
+    def __init__(self, src_vocab_size, tgt_vocab_size, embed_dim=64, num_heads=4, ffn_hidden=128,
+                 num_encoder_layers=2, num_decoder_layers=2, dropout=0.0, max_len=256, norm_first=False, dtype=None):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.src_embedding = Embedding(src_vocab_size, embed_dim, dtype=dtype)
+        self.tgt_embedding = Embedding(tgt_vocab_size, embed_dim, dtype=dtype)
+        self.positions = PositionalEncoding(embed_dim, dropout, max_len, dtype=dtype)
+        self.encoder_blocks = ModuleList(EncoderBlock(embed_dim, num_heads, ffn_hidden, dropout, norm_first, dtype)
+                                         for _ in range(num_encoder_layers))
+        self.decoder_blocks = ModuleList(DecoderBlock(embed_dim, num_heads, ffn_hidden, dropout, norm_first, dtype)
+                                         for _ in range(num_decoder_layers))
+        self.final_norm = LayerNorm(embed_dim, dtype=dtype) if norm_first else None
+        self.output = Linear(embed_dim, tgt_vocab_size, dtype=dtype)
+
+    def encode(self, src, src_valid_lens=None):
+        """src (B, S) ids → memory (B, S, d)."""
+        x = self.positions(self.src_embedding(src))                   # (B, S, d)
+        for block in self.encoder_blocks:
+            x = block(x, src_valid_lens)                              # (B, S, d)
+        return x
+
+    def decode(self, tgt_in, memory, src_valid_lens=None):
+        """tgt_in (B, T) ids, memory (B, S, d) → logits (B, T, V)."""
+        y = self.positions(self.tgt_embedding(tgt_in))                # (B, T, d)
+        for block in self.decoder_blocks:
+            y = block(y, memory, src_valid_lens)                      # (B, T, d)
+        if self.final_norm is not None:
+            y = self.final_norm(y)
+        return self.output(y)                                         # (B, T, V)
+
+    def forward(self, src, tgt_in, src_valid_lens=None):
+        """Teacher forcing: logits (B, T, V) for every position of ``tgt_in`` at once."""
+        return self.decode(tgt_in, self.encode(src, src_valid_lens), src_valid_lens)
+
+    def greedy_decode(self, src, src_valid_lens, bos_id, eos_id, max_len, pad_id=0):
+        """Generate up to ``max_len`` tokens per sequence, each the argmax given the ones before (no graph recorded).
+
+        Returns a host NumPy int array (B, max_len): the generated tokens, EOS included, ``pad_id`` after it.
+        The decoder is re-run on the whole prefix at each step (no key/value cache: simple, and cheap at these sizes).
+        Runs in eval mode and restores the previous mode.
+        """
+        was_training = self.training
+        self.eval()
+        with no_grad():
+            memory = self.encode(src, src_valid_lens)                                 # (B, S, d)
+            batch = memory.shape[0]
+            ys = xp.full((batch, 1), bos_id, dtype=backend.int64)                     # (B, 1)
+            done = xp.zeros(batch, dtype=bool)                                        # (B,)
+            for _ in range(max_len):
+                logits = self.decode(Tensor(ys), memory, src_valid_lens)              # (B, t, V)
+                nxt = logits.data[:, -1].argmax(axis=-1)                              # (B,)
+                nxt = xp.where(done, pad_id, nxt)                                     # (B,)
+                ys = xp.concatenate([ys, nxt[:, None]], axis=1)                       # (B, t + 1)
+                done |= nxt == eos_id
+                if bool(done.all()):
+                    break
+        self.train(was_training)
+        out = backend.to_numpy(ys[:, 1:])
+        if out.shape[1] < max_len:   # every sequence ended early: pad to a fixed width
+            out = backend.to_numpy(xp.concatenate([ys[:, 1:], xp.full((batch, max_len - out.shape[1]), pad_id,
+                                                                      dtype=backend.int64)], axis=1))
+        return out
+
+    def cross_attention_weights(self):
+        """The last call's cross-attention weights, one (B, h, T, S) tensor per decoder block."""
+        return [block.cross_attention.attention_weights for block in self.decoder_blocks]
