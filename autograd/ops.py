@@ -374,6 +374,8 @@ def lift(x, like):
     tensors of different dtypes meet: minattn never casts silently (cast explicitly with ``Tensor(x, dtype=...)``).
     """
     if not isinstance(x, Tensor):
+        if isinstance(x, float) and not backend.is_floating(like.dtype):
+            raise TypeError(f"a Python float meets a {like.dtype} tensor; convert the tensor to a float dtype first")
         if isinstance(x, (bool, int, float)):
             return Tensor(xp.asarray(x, dtype=like.dtype))
         x = Tensor(as_data(x))
@@ -485,15 +487,25 @@ def getitem(x, index):
     return GetItem.apply(x, index=index)
 
 
+def _same_dtype(tensors, name):
+    tensors = [t if isinstance(t, Tensor) else Tensor(as_data(t)) for t in tensors]
+    if not tensors:
+        raise ValueError(f"{name}: need at least one tensor")
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        raise TypeError(f"{name}: tensors have dtypes {sorted(map(str, dtypes))}; cast them to one explicitly")
+    return tensors
+
+
 def concatenate(tensors, axis=0):
-    """Join tensors along an existing axis."""
-    tensors = list(tensors)
+    """Join tensors of one dtype along an existing axis (TypeError for mixed dtypes)."""
+    tensors = _same_dtype(tensors, "concatenate")
     return Concatenate.apply(*tensors, axis=axis)
 
 
 def stack(tensors, axis=0):
-    """Join tensors of one shape along a new axis."""
-    tensors = list(tensors)
+    """Join tensors of one shape and dtype along a new axis (TypeError for mixed dtypes)."""
+    tensors = _same_dtype(tensors, "stack")
     return Stack.apply(*tensors, axis=axis)
 
 
@@ -529,7 +541,7 @@ def matmul(a, b):
     if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
         raise ValueError(f"matmul: inner sizes differ: {a.shape} @ {b.shape}")
     if a.ndim == 1:
-        return reshape(matmul(reshape(a, (1, -1)), b), b.shape[:-2] + b.shape[-1:])
+        return reshape(matmul(reshape(a, (1, -1)), b), b.shape[:-2] + b.shape[-1:] if b.ndim > 1 else ())
     if b.ndim == 1:
         return reshape(matmul(a, reshape(b, (-1, 1))), a.shape[:-1])
     return MatMul.apply(a, b)

@@ -101,4 +101,5 @@ class MultiHeadAttention(Module):
         return self.W_o(transpose_output(out))                         # (B, L, E)
 
     def extra_repr(self):
+        """The constructor arguments, for repr."""
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"

@@ -40,6 +40,7 @@ class Linear(Module):
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
+        """The constructor arguments, for repr."""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
@@ -59,6 +60,7 @@ class Embedding(Module):
         return F.embedding(ids, self.weight)
 
     def extra_repr(self):
+        """The constructor arguments, for repr."""
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
@@ -79,6 +81,7 @@ class LayerNorm(Module):
         return F.layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
+        """The constructor arguments, for repr."""
         return f"{self.normalized_shape}, eps={self.eps}"
 
 
@@ -96,6 +99,7 @@ class Dropout(Module):
         return F.dropout(x, self.p, self.training)
 
     def extra_repr(self):
+        """The constructor arguments, for repr."""
         return f"p={self.p}"
 
 
@@ -133,6 +137,7 @@ class PositionalEncoding(Module):
         return self.dropout(x + self.P[: x.shape[1]].astype(x.dtype, copy=False))
 
     def extra_repr(self):
+        """The constructor arguments, for repr."""
         return f"{self.embed_dim}, max_len={self.max_len}"
 
 
