@@ -11,6 +11,6 @@ from autograd.ops import (sum_to, add, sub, mul, div, neg, pow, exp, log, tanh, 
 from autograd.gradcheck import gradcheck, GradcheckError
 
 __all__ = ["BACKEND", "xp", "to_numpy", "asarray", "scatter_add", "manual_seed", "Tensor", "no_grad",
-           "is_grad_enabled", "Function", "Context", "sum_to", "add", "sub", "mul", "div", "neg", "pow", "exp", "log",
-           "tanh", "relu", "sum", "mean", "max", "reshape", "permute", "transpose", "getitem", "concatenate", "stack",
+           "is_grad_enabled", "Function", "Context", "sum_to", "add", "sub", "mul", "div", "neg", "exp", "log",
+           "tanh", "relu", "mean", "reshape", "permute", "transpose", "getitem", "concatenate", "stack",
            "where", "masked_fill", "matmul", "gradcheck", "GradcheckError"]

@@ -109,7 +109,7 @@ float64 = numpy.dtype("float64")
 int64 = numpy.dtype("int64")
 
 _host_rng = numpy.random.default_rng(0)
-_device_rng = xp.random.RandomState(0)
+_device_rng = xp.random.default_rng(0)
 
 
 def manual_seed(seed):
@@ -120,7 +120,7 @@ def manual_seed(seed):
     """
     global _host_rng, _device_rng
     _host_rng = numpy.random.default_rng(seed)
-    _device_rng = xp.random.RandomState(seed)
+    _device_rng = xp.random.default_rng(seed)
 
 
 def host_rng():
@@ -133,6 +133,7 @@ def new_host_rng(seed):
     return numpy.random.default_rng(seed)
 
 
-def random_uniform(shape):
-    """A backend array of shape ``shape`` with values uniform in [0, 1), from the device stream (dropout masks)."""
-    return _device_rng.random_sample(shape)
+def random_uniform(shape, dtype=float32):
+    """A backend array of ``shape`` and ``dtype`` (float32 by default) uniform in [0, 1), from the device stream
+    (dropout masks): drawn where the arrays live, NumPy's or cuRAND's generator."""
+    return _device_rng.random(shape, dtype=dtype)

@@ -43,10 +43,20 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, max_elements=400, dire
     if not checked:
         raise ValueError("gradcheck: no input requires grad")
     for x in checked:
-        if not x.data.flags.c_contiguous:     # element perturbation writes through a flat view
-            x.data = xp.ascontiguousarray(x.data)
         if x.dtype != backend.float64:
             raise TypeError(f"gradcheck needs float64 inputs (rounding in float32 swamps the difference); got {x.dtype}")
+    originals = [x.data for x in checked]
+    try:
+        _gradcheck(fn, inputs, checked, eps, atol, rtol, max_elements, directions, cotangents, seed)
+    finally:
+        for x, data in zip(checked, originals):   # the caller's arrays (and layouts) back, gradients cleared
+            x.data, x.grad = data, None
+    return True
+
+
+def _gradcheck(fn, inputs, checked, eps, atol, rtol, max_elements, directions, cotangents, seed):
+    for x in checked:
+        x.data = x.data.copy()     # perturb a private C-contiguous copy: a flat view of it writes through
     rng = backend.new_host_rng(seed)
     total = sum(x.size for x in checked)
     with no_grad():
@@ -69,9 +79,6 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, max_elements=400, dire
             _check_elementwise(phi, checked, analytic, eps, atol, rtol)
         else:
             _check_directions(phi, checked, analytic, eps, atol, rtol, rng, directions)
-    for x in checked:
-        x.grad = None
-    return True
 
 
 def _check_elementwise(phi, checked, analytic, eps, atol, rtol):

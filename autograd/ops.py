@@ -7,6 +7,9 @@ broadcast stretched (one input value was used at many output positions, so its g
 The functions at the bottom (``add``, ``matmul``, ``where`` ...) are what Tensor's operators call; they lift Python
 numbers to tensors of the other operand's dtype (so ``x * 2.0`` stays float32) and refuse to mix float dtypes.
 """
+import numbers
+import operator
+
 from autograd import backend
 from autograd.backend import xp
 from autograd.function import Function
@@ -38,7 +41,8 @@ class Add(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return sum_to(g, ctx.shapes[0]), sum_to(g, ctx.shapes[1])
+        needs = ctx.needs_input_grad
+        return (sum_to(g, ctx.shapes[0]) if needs[0] else None), (sum_to(g, ctx.shapes[1]) if needs[1] else None)
 
 
 class Sub(Function):
@@ -51,7 +55,8 @@ class Sub(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return sum_to(g, ctx.shapes[0]), -sum_to(g, ctx.shapes[1])
+        needs = ctx.needs_input_grad
+        return (sum_to(g, ctx.shapes[0]) if needs[0] else None), (-sum_to(g, ctx.shapes[1]) if needs[1] else None)
 
 
 class Mul(Function):
@@ -180,7 +185,7 @@ class ReLU(Function):
 def _normalize_axes(axis, ndim):
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = (operator.index(axis),) if not isinstance(axis, (tuple, list)) else tuple(map(operator.index, axis))
     for a in axes:
         if not -ndim <= a < ndim:
             raise ValueError(f"axis {a} is out of range for a tensor with {ndim} axes")
@@ -370,13 +375,13 @@ def _cumsum(values):
 def lift(x, like):
     """``x`` as a Tensor for a binary operation with the Tensor ``like``.
 
-    Python numbers take ``like``'s dtype (so ``float32 * 2.0`` stays float32). Raises TypeError when two floating
+    Python and NumPy scalars take ``like``'s dtype (so ``float32 * 2.0`` stays float32). Raises TypeError when two floating
     tensors of different dtypes meet: minattn never casts silently (cast explicitly with ``Tensor(x, dtype=...)``).
     """
     if not isinstance(x, Tensor):
-        if isinstance(x, float) and not backend.is_floating(like.dtype):
-            raise TypeError(f"a Python float meets a {like.dtype} tensor; convert the tensor to a float dtype first")
-        if isinstance(x, (bool, int, float)):
+        if isinstance(x, numbers.Real) and not isinstance(x, numbers.Integral) and not backend.is_floating(like.dtype):
+            raise TypeError(f"a float {x!r} meets a {like.dtype} tensor; convert the tensor to a float dtype first")
+        if isinstance(x, numbers.Real) and getattr(x, "ndim", 0) == 0:   # Python and NumPy scalars
             return Tensor(xp.asarray(x, dtype=like.dtype))
         x = Tensor(as_data(x))
     if x.dtype != like.dtype and (backend.is_floating(x.dtype) or backend.is_floating(like.dtype)):
@@ -465,6 +470,8 @@ def reshape(x, shape):
 
 def permute(x, axes):
     """``x`` with its axes reordered; ``axes`` must be a permutation of range(x.ndim) (ValueError otherwise)."""
+    if any(not -x.ndim <= a < x.ndim for a in axes):
+        raise ValueError(f"permute: axes {tuple(axes)} out of range for shape {x.shape}")
     axes = tuple(a % x.ndim for a in axes)
     if sorted(axes) != list(range(x.ndim)):
         raise ValueError(f"permute: axes {axes} are not a permutation of the {x.ndim} axes of shape {x.shape}")

@@ -57,6 +57,8 @@ class Tensor:
         data: array-like. Python floats → float32, Python ints → int64; arrays keep their dtype.
         requires_grad: record operations on it so that ``backward`` fills ``.grad``. Only floating tensors may.
         dtype: optional dtype to convert ``data`` to ('float32', 'float64', ...).
+    A backend array of the right dtype is used as it is, not copied (like ``torch.from_numpy``): writing to
+    ``tensor.data`` writes to that array. ``Parameter`` always copies.
 
     Attributes:
         data: the backend array.  grad: None, or an array of the same shape and dtype, summed over backward calls.
@@ -133,7 +135,8 @@ class Tensor:
 
         order = _topological_order(self)
         grads = {id(self): grad}
-        for tensor in order:                           # outputs first, leaves last
+        for position, tensor in enumerate(order):      # outputs first, leaves last
+            order[position] = None                     # let each intermediate array go as soon as it is used
             g = grads.pop(id(tensor), None)
             if g is None:
                 continue
@@ -145,8 +148,10 @@ class Tensor:
                 raise RuntimeError(f"backward through {function.__name__} a second time: its saved arrays were freed "
                                    "by the first backward; pass retain_graph=True to the first call")
             input_grads = function.backward(ctx, g)
-            if not isinstance(input_grads, tuple):
-                input_grads = (input_grads,)
+            input_grads = tuple(input_grads) if isinstance(input_grads, (tuple, list)) else (input_grads,)
+            if len(input_grads) != len(inputs):
+                raise RuntimeError(f"{function.__name__}.backward returned {len(input_grads)} gradients for "
+                                   f"{len(inputs)} inputs (return None for an input that needs none)")
             if not retain_graph:                       # drop saved arrays and the links to the inputs; keep a
                 ctx.free()                             # freed marker so a second backward raises, not misleads
                 tensor._node = (function, ctx, ())

@@ -52,10 +52,13 @@ class MultiHeadAttention(Module):
         dtype: of the parameters (float32 by default).
     Shapes (batch first):
         query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E)
-        ``attention_weights`` after a call: (B, h, L, S), kept for plotting (a detached tensor).
-    Equivalent to PyTorch's ``nn.MultiheadAttention(E, h, batch_first=True)`` with
+        ``attention_weights`` after a call: (B, h, L, S), before dropout, kept for plotting (a detached copy).
+    Computes what PyTorch's ``nn.MultiheadAttention(E, h, batch_first=True)`` computes with
         in_proj_weight = concat(W_q.weight, W_k.weight, W_v.weight) (in that order), in_proj_bias likewise,
-        out_proj = W_o — except that its 3-D attn_mask is (B·h, L, S) and ours (B, h, L, S).
+        out_proj = W_o (with kdim/vdim ≠ E PyTorch keeps separate q/k/v_proj_weight instead). Two mask differences:
+        PyTorch's MHA reads a boolean mask with True = MASKED (its ``key_padding_mask`` too), while here, as in
+        ``scaled_dot_product_attention``, True = TAKE PART — invert a ported mask with ``~``; and its 3-D mask is
+        (B·h, L, S), which this layer refuses (pass (B, h, L, S)).
     Raises:
         ValueError if embed_dim % num_heads != 0 (naming both), or for inputs / masks of the wrong shape;
         TypeError for inputs of another dtype.

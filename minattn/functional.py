@@ -6,6 +6,7 @@ Function from ``minattn/fused/`` whose backward is written by hand.
 import math
 
 from autograd import backend, ops
+from autograd.backend import xp
 from autograd.tensor import Tensor, as_data
 from minattn import masks
 from minattn.fused.attention import ScaledDotProductAttentionFunction
@@ -32,8 +33,14 @@ def linear(x, weight, bias=None):
     Raises TypeError if the dtypes differ (no silent cast), ValueError if x's last axis is not in_features.
     """
     _check_float(x, "x")
+    _check_float(weight, "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight must be (out_features, in_features); got shape {weight.shape}")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"linear: bias must be ({weight.shape[0]},) to match the weight; got {bias.shape}")
     if x.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
-        raise TypeError(f"linear: x has dtype {x.dtype} but the weight has {weight.dtype}; cast x explicitly")
+        raise TypeError(f"linear: x has dtype {x.dtype}, weight {weight.dtype}"
+                        f"{'' if bias is None else ', bias ' + str(bias.dtype)}; cast explicitly")
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear: x of shape {x.shape} must end in in_features={weight.shape[1]}")
     return LinearFunction.apply(x, weight, *([bias] if bias is not None else []))
@@ -91,21 +98,28 @@ def dropout(x, p=0.5, training=True):
 
 
 def dropout_keep(shape, p, dtype):
-    """The dropout multiplier: an array of ``shape`` with 0 (probability p) or 1/(1 − p)."""
-    keep = backend.random_uniform(shape) >= p
-    return keep.astype(dtype) * dtype.type(1 / (1 - p))
+    """The dropout multiplier: an array of ``shape`` and ``dtype`` with 0 (probability p) or 1/(1 − p)."""
+    u = backend.random_uniform(shape, dtype)
+    return (u >= dtype.type(p)) * dtype.type(1 / (1 - p))
 
 
-def layer_norm(x, weight, bias, eps=1e-5):
-    """LayerNorm over the last axis. x: (..., D), weight γ and bias β: (D,). Fused (see ``LayerNormFunction``).
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """LayerNorm over the last axis. x: (..., D); weight γ and bias β: (D,), or None for 1 and 0 (constants).
 
-    Raises ValueError if x's last axis is not D, TypeError on a dtype mismatch.
+    Fused (see ``LayerNormFunction``). Raises ValueError if x's last axis or γ/β are not D, TypeError on a dtype
+    mismatch.
     """
     _check_float(x, "x")
-    if x.shape[-1] != weight.shape[0]:
-        raise ValueError(f"layer_norm: x of shape {x.shape} must end in normalized_shape={weight.shape[0]}")
-    if x.dtype != weight.dtype:
-        raise TypeError(f"layer_norm: x has dtype {x.dtype} but the weight has {weight.dtype}")
+    size = x.shape[-1] if x.ndim else 0
+    weight = Tensor(xp.ones(size, dtype=x.dtype)) if weight is None else weight
+    bias = Tensor(xp.zeros(size, dtype=x.dtype)) if bias is None else bias
+    for name, p in (("weight", weight), ("bias", bias)):
+        _check_float(p, name)
+        if x.ndim == 0 or p.shape != (size,):
+            raise ValueError(f"layer_norm: x of shape {x.shape} and {name} of shape {p.shape}: expected "
+                             "x (..., D) and (D,)")
+        if p.dtype != x.dtype:
+            raise TypeError(f"layer_norm: x has dtype {x.dtype} but the {name} has {p.dtype}")
     return LayerNormFunction.apply(x, weight, bias, eps=eps)
 
 
@@ -182,6 +196,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
         a mask that does not broadcast, or attn_mask with is_causal.
     Source: Vaswani et al. 2017, eq. 1. Backward: ``ScaledDotProductAttentionFunction``.
     """
+    if not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     for name, t in (("query", query), ("key", key), ("value", value)):
         _check_float(t, name)
         if t.ndim < 2:
@@ -202,16 +218,17 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
 def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0, need_weights=False):
     """The unchecked core shared by ``scaled_dot_product_attention`` and the attention layers.
 
-    ``mask`` (bool, True = take part) and ``bias`` (float) are arrays already validated by the caller.
+    ``mask`` (bool, True = take part) and ``bias`` (float) are arrays already validated by the caller. With
+    ``need_weights`` it also returns a copy of the attention weights (..., L, S) as they were BEFORE dropout.
     """
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
     keep = None
     if dropout_p > 0:
-        batch = masks.broadcast_shape(query.shape[:-2], key.shape[:-2])
+        batch = masks.broadcast_shape(query.shape[:-2], key.shape[:-2])          # (...)
         keep = dropout_keep(batch + (query.shape[-2], key.shape[-2]), dropout_p, query.dtype)   # (..., L, S)
     out, ctx = ScaledDotProductAttentionFunction.apply_with_ctx(query, key, value, mask=mask, bias=bias,
-                                                                 scale=scale, keep=keep)
+                                                                 scale=scale, keep=keep)          # (..., L, Ev)
     if need_weights:
-        return out, Tensor(ctx.saved[3])
+        return out, Tensor(ctx.saved[3].copy())                                   # (..., L, Ev), (..., L, S)
     return out
 

@@ -63,12 +63,16 @@ def split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype):
         bias: float array of ``dtype`` added to the scores, or None.
     Raises:
         ValueError if both ``attn_mask`` and ``is_causal`` are given (as PyTorch does), or if the mask's last two
-        axes do not broadcast to (L, S). TypeError for an integer mask or a float mask of another dtype.
+        axes do not broadcast to (L, S). TypeError for an integer mask, a float mask of another dtype, or a mask
+        tensor that requires grad (it would silently get none).
     """
     if attn_mask is None:
         return (causal_mask(num_queries, num_keys) if is_causal else None), None
     if is_causal:
         raise ValueError("pass either attn_mask or is_causal=True, not both (PyTorch raises the same)")
+    if getattr(attn_mask, "requires_grad", False):
+        raise TypeError("attn_mask is a constant here and would get no gradient; a learned bias is not supported "
+                        "(pass attn_mask.detach() if no gradient is wanted)")
     mask = as_data(attn_mask)
     if mask.ndim < 1 or mask.shape[-1] not in (1, num_keys) or (mask.ndim > 1 and mask.shape[-2] not in (1, num_queries)):
         raise ValueError(f"attn_mask of shape {mask.shape} does not broadcast to the scores' (L, S) = "
@@ -108,8 +112,8 @@ def attention_masks(batch, num_heads, num_queries, num_keys, dtype, valid_lens=N
         batch (B), num_heads (h), num_queries (L), num_keys (S): the scores' shape; dtype: the scores' dtype.
         valid_lens: None, (B,) or (B, L) integers (d2l).
         attn_mask: None, or a boolean / float mask broadcastable to (B, h, L, S) — an (L, S) mask serves every
-            sequence and head; a (B, 1, L, S) mask is per sequence. (PyTorch's ``nn.MultiheadAttention`` takes a
-            3-D mask as (B·h, L, S): reshape such a mask to (B, h, L, S) first.)
+            sequence and head; a (B, 1, L, S) mask is per sequence. A 3-D mask is refused as ambiguous
+            (PyTorch's ``nn.MultiheadAttention`` reads it as (B·h, L, S): reshape such a mask to (B, h, L, S)).
         is_causal: add the causal mask (query i sees keys 0..i). An error together with attn_mask.
     Returns:
         mask: bool broadcastable to (B, h, L, S), True = take part, or None; bias: float or None.
@@ -118,6 +122,9 @@ def attention_masks(batch, num_heads, num_queries, num_keys, dtype, valid_lens=N
         shapes when a mask does not broadcast to (B, h, L, S).
     """
     scores_shape = (batch, num_heads, num_queries, num_keys)
+    if attn_mask is not None and getattr(attn_mask, "ndim", 0) == 3:
+        raise ValueError(f"a 3-D attn_mask {tuple(attn_mask.shape)} is ambiguous here (per head, or PyTorch's "
+                         "(B·h, L, S)?): pass (L, S), (B, 1, L, S) or (B, h, L, S)")
     mask, bias = split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype)
     check_batch_broadcast(mask if mask is not None else bias, scores_shape, "attn_mask")
     lens_mask = None

@@ -9,10 +9,13 @@ from autograd.tensor import Tensor, as_data
 
 
 class Parameter(Tensor):
-    """A Tensor that is a model's weight: ``requires_grad=True`` and found by ``Module.parameters()``."""
+    """A Tensor that is a model's weight: ``requires_grad=True``, found by ``Module.parameters()``, and owning its
+    array (``data`` is copied, so an optimizer's in-place update never reaches the array it was made from)."""
 
     def __init__(self, data, dtype=None):
         super().__init__(data, requires_grad=True, dtype=dtype)
+        if self.data is data or (isinstance(data, Tensor) and self.data is data.data):
+            self.data = self.data.copy()   # optimizers update in place: never write into the caller's array
 
 
 class Module:

@@ -95,6 +95,8 @@ class Transformer(Module):
                                          for _ in range(num_encoder_layers))
         self.decoder_blocks = ModuleList(DecoderBlock(embed_dim, num_heads, ffn_hidden, dropout, norm_first, dtype)
                                          for _ in range(num_decoder_layers))
+        # pre-norm leaves the residual streams un-normalised: normalise the encoder's output and the decoder's
+        self.encoder_norm = LayerNorm(embed_dim, dtype=dtype) if norm_first else None
         self.final_norm = LayerNorm(embed_dim, dtype=dtype) if norm_first else None
         self.output = Linear(embed_dim, tgt_vocab_size, dtype=dtype)
 
@@ -103,7 +105,7 @@ class Transformer(Module):
         x = self.positions(self.src_embedding(src))                   # (B, S, d)
         for block in self.encoder_blocks:
             x = block(x, src_valid_lens)                              # (B, S, d)
-        return x
+        return self.encoder_norm(x) if self.encoder_norm is not None else x
 
     def decode(self, tgt_in, memory, src_valid_lens=None):
         """tgt_in (B, T) ids, memory (B, S, d) → logits (B, T, V)."""
@@ -123,10 +125,23 @@ class Transformer(Module):
 
         Returns a host NumPy int array (B, max_len): the generated tokens, EOS included, ``pad_id`` after it.
         The decoder is re-run on the whole prefix at each step (no key/value cache: simple, and cheap at these sizes).
-        Runs in eval mode and restores the previous mode.
+        Runs in eval mode and restores the previous mode. Raises ValueError if max_len exceeds the positional
+        table or the token ids are out of the vocabulary.
         """
+        if not 1 <= max_len <= self.positions.max_len:
+            raise ValueError(f"max_len must be in [1, {self.positions.max_len}] (the positional table); got {max_len}")
+        for name, token in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
+            if not 0 <= token < self.tgt_embedding.num_embeddings:
+                raise ValueError(f"{name}={token} is outside the target vocabulary [0, "
+                                 f"{self.tgt_embedding.num_embeddings})")
         was_training = self.training
         self.eval()
+        try:
+            return self._greedy(src, src_valid_lens, bos_id, eos_id, max_len, pad_id)
+        finally:
+            self.train(was_training)
+
+    def _greedy(self, src, src_valid_lens, bos_id, eos_id, max_len, pad_id):
         with no_grad():
             memory = self.encode(src, src_valid_lens)                                 # (B, S, d)
             batch = memory.shape[0]
@@ -140,7 +155,6 @@ class Transformer(Module):
                 done |= nxt == eos_id
                 if bool(done.all()):
                     break
-        self.train(was_training)
         out = backend.to_numpy(ys[:, 1:])
         if out.shape[1] < max_len:   # every sequence ended early: pad to a fixed width
             out = backend.to_numpy(xp.concatenate([ys[:, 1:], xp.full((batch, max_len - out.shape[1]), pad_id,

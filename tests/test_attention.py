@@ -261,3 +261,10 @@ def test_mha_equals_pytorch(rng, masking, cross):
         np.testing.assert_allclose(host(mine.grad), theirs_grad.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(host(ours.W_o.weight.grad), theirs.out_proj.weight.grad.numpy(), rtol=1e-10,
                                atol=1e-12)
+
+
+def test_a_3d_attn_mask_is_refused_as_ambiguous():
+    layer = MultiHeadAttention(8, 2, dtype="float64")
+    x = t64(np.ones((2, 3, 8)))
+    with pytest.raises(ValueError, match="3-D attn_mask"):
+        layer(x, x, x, attn_mask=np.ones((2, 3, 3), dtype=bool))

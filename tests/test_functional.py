@@ -374,3 +374,55 @@ def test_linear_and_layer_norm_argument_checks(rng):
         F.linear(x, Tensor(rng.standard_normal((4, 3)), dtype="float32"))
     with pytest.raises(ValueError):
         F.layer_norm(x, t64(np.ones(4)), t64(np.zeros(4)))
+
+
+# --- checks added after review: each bad argument is refused before anything is computed ---------------------------
+def test_linear_rejects_a_misshaped_bias_or_weight():
+    x = Tensor(np.ones((2, 3), dtype=np.float32))
+    w = Tensor(np.ones((4, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="bias must be \\(4,\\)"):
+        F.linear(x, w, Tensor(np.ones(1, dtype=np.float32)))
+    with pytest.raises(ValueError, match="weight must be"):
+        F.linear(x, Tensor(np.ones(3, dtype=np.float32)))
+    with pytest.raises(TypeError, match="bias float64"):
+        F.linear(x, w, Tensor(np.ones(4)))
+
+
+def test_layer_norm_checks_weight_and_bias_and_allows_none():
+    x = np.random.default_rng(0).standard_normal((2, 4))
+    with pytest.raises(TypeError, match="bias"):
+        F.layer_norm(Tensor(x.astype(np.float32)), Tensor(np.ones(4, dtype=np.float32)), Tensor(np.zeros(4)))
+    with pytest.raises(ValueError, match="bias of shape \\(1,\\)"):
+        F.layer_norm(t64(x), t64(np.ones(4)), t64(np.zeros(1)))
+    plain = F.layer_norm(t64(x))                                  # γ = 1, β = 0
+    expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(host(plain), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+def test_sdpa_rejects_a_bad_dropout_p(p):
+    q = t64(np.ones((1, 2, 3)))
+    with pytest.raises(ValueError, match="dropout_p"):
+        F.scaled_dot_product_attention(q, q, q, dropout_p=p)
+
+
+def test_sdpa_refuses_a_mask_that_would_silently_get_no_gradient():
+    q = t64(np.ones((1, 2, 3)))
+    with pytest.raises(TypeError, match="no gradient"):
+        F.scaled_dot_product_attention(q, q, q, attn_mask=t64(np.zeros((2, 2))))
+
+
+def test_softmax_over_an_empty_axis_is_empty():
+    out = F.softmax(t64(np.zeros((2, 0))))
+    assert host(out).shape == (2, 0)
+
+
+def test_returned_weights_are_a_copy_so_editing_them_cannot_change_the_gradient():
+    rng = np.random.default_rng(0)
+    q, k, v = (t64(rng.standard_normal((1, 3, 4))) for _ in range(3))
+    out, weights = F.scaled_dot_product_attention(q, k, v, need_weights=True)
+    weights.data[...] = 0.0
+    out.sum().backward()
+    q2, k2, v2 = (t64(host(t)) for t in (q, k, v))
+    F.scaled_dot_product_attention(q2, k2, v2).sum().backward()
+    np.testing.assert_array_equal(host(q.grad), host(q2.grad))

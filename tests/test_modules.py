@@ -310,3 +310,33 @@ def test_layers_default_to_float32():
         for name, p in layer.named_parameters():
             assert p.dtype == np.float32, (type(layer).__name__, name)
     assert PositionalEncoding(4).P.dtype == np.float32
+
+
+def test_parameter_owns_its_array():
+    a = backend.asarray(np.zeros(3, dtype=np.float32))
+    p = Parameter(a)
+    p.data -= 1
+    np.testing.assert_array_equal(host(a), np.zeros(3))
+
+
+def test_pre_norm_transformer_normalises_the_encoder_output():
+    manual_seed(0)
+    model = Transformer(7, 7, embed_dim=8, num_heads=2, ffn_hidden=16, num_encoder_layers=1, num_decoder_layers=1,
+                        norm_first=True)
+    memory = host(model.encode(Tensor(np.array([[3, 4, 5]])), np.array([3])))
+    np.testing.assert_allclose(memory.mean(-1), 0, atol=1e-5)
+    np.testing.assert_allclose(memory.std(-1), 1, atol=1e-2)
+
+
+def test_greedy_decode_checks_its_arguments_and_restores_the_mode():
+    manual_seed(0)
+    model = Transformer(7, 7, embed_dim=8, num_heads=2, ffn_hidden=16, num_encoder_layers=1, num_decoder_layers=1,
+                        max_len=5)
+    src = Tensor(np.array([[3, 4, 5]]))
+    with pytest.raises(ValueError, match="max_len"):
+        model.greedy_decode(src, np.array([3]), 1, 2, max_len=6)
+    with pytest.raises(ValueError, match="eos_id"):
+        model.greedy_decode(src, np.array([3]), 1, 9, max_len=4)
+    with pytest.raises(ValueError, match="valid_lens"):
+        model.greedy_decode(src, np.array([3, 3]), 1, 2, max_len=4)
+    assert model.training

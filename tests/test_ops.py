@@ -481,3 +481,21 @@ def test_operator_records_its_primitive_function(function, call):
     """The node of the result is the Function named here, so the gradchecks above test that class's backward."""
     out = call(t64(_A), t64(_B))
     assert out._node[0] is function
+
+
+def test_permute_rejects_out_of_range_axes():
+    with pytest.raises(ValueError, match="out of range"):
+        autograd.permute(t64(np.zeros((2, 3, 4))), (0, 1, 5))
+
+
+def test_reduction_accepts_numpy_integer_axis():
+    x = np.arange(6.0).reshape(2, 3)
+    _close(t64(x).sum(axis=np.int64(0)), x.sum(axis=0))
+
+
+def test_gradcheck_leaves_a_non_contiguous_input_as_it_was():
+    base = t64(np.arange(12.0).reshape(3, 4))
+    x = Tensor(base.data.T, requires_grad=True)          # a transposed view
+    before = x.data
+    assert gradcheck(lambda t: t * t, [x])
+    assert x.data is before and x.grad is None

@@ -352,3 +352,32 @@ def test_function_apply_with_a_constant_input():
     assert TwoInputs.seen == (True, False)
     y.sum().backward()
     np.testing.assert_allclose(host(a.grad), [3.0, 4.0])
+
+
+class _ForgetsOneGradient(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g * ctx.saved[1],)          # db forgotten
+
+
+def test_backward_returning_too_few_gradients_raises():
+    a, b = t64([1.0, 2.0]), t64([3.0, 4.0])
+    with pytest.raises(RuntimeError, match="_ForgetsOneGradient.backward returned 1 gradients for 2 inputs"):
+        _ForgetsOneGradient.apply(a, b).sum().backward()
+
+
+def test_numpy_scalars_are_weak_like_python_numbers():
+    x = Tensor([1.0, 2.0])
+    assert (x * np.float64(2.5)).dtype == np.float32 and (x + np.int64(1)).dtype == np.float32
+    np.testing.assert_array_equal(host(x * np.float64(2.5)), [2.5, 5.0])
+
+
+def test_tensor_shares_a_backend_array_like_from_numpy():
+    a = backend.asarray(np.zeros(3, dtype=np.float32))
+    t = Tensor(a)
+    assert t.data is a

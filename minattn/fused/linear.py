@@ -18,14 +18,16 @@ class LinearFunction(Function):
     @staticmethod
     def forward(ctx, x, weight, *bias):
         ctx.save_for_backward(x, weight)
-        y = x @ weight.T                                              # (..., out)
-        return y + bias[0] if bias else y
+        y = x.reshape(-1, x.shape[-1]) @ weight.T                     # (N, out): one matrix product for all rows
+        if bias:
+            y += bias[0]                                              # in place: y is ours
+        return y.reshape(x.shape[:-1] + (weight.shape[0],))           # (..., out)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, weight = ctx.saved
         rows_g = grad_y.reshape(-1, grad_y.shape[-1])                # (N, out)
-        dx = grad_y @ weight if ctx.needs_input_grad[0] else None     # (..., in)
+        dx = (rows_g @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None   # (..., in)
         dw = rows_g.T @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None   # (out, in)
         if len(ctx.needs_input_grad) == 2:
             return dx, dw

@@ -13,6 +13,8 @@ def masked_softmax_forward(scores, mask=None, bias=None, axis=-1):
     row's weights are all 0: it attends to nothing. (d2l fills with -1e6 instead, which makes such a row uniform:
     it silently attends to padding. PyTorch's SDPA has returned zeros here since 2024.)
     """
+    if scores.shape[axis] == 0:                                       # no keys at all: nothing to weigh
+        return xp.zeros(scores.shape, dtype=scores.dtype)
     if bias is not None:
         scores = scores + bias                                        # (..., L, S)
     if mask is not None:
