@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m demos.copy_task", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", choices=tasks.TASKS, default="copy", help="copy the source, or reverse it")
-    p.add_argument("--steps", type=positive_int, default=1500, help="training steps (batches)")
+    p.add_argument("--steps", type=positive_int, default=2000, help="training steps (batches)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seeds the parameters, the data and dropout")
     p.add_argument("--vocab-size", type=positive_int, default=16, help="symbols + 3 special tokens (PAD, BOS, EOS)")
@@ -50,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--ffn-hidden", type=positive_int, default=128)
     p.add_argument("--layers", type=positive_int, default=2, help="encoder layers = decoder layers")
     p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--lr-factor", type=float, default=1.0, help="scales the warm-up schedule's learning rate")
+    p.add_argument("--lr-factor", type=float, default=0.5, help="scales the warm-up schedule's learning rate")
     p.add_argument("--warmup", type=positive_int, default=200, help="warm-up steps of the schedule")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold")
     p.add_argument("--eval-size", type=positive_int, default=1000, help="held-out sequences for the final evaluation")
