@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m demos.copy_task", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", choices=tasks.TASKS, default="copy", help="copy the source, or reverse it")
-    p.add_argument("--steps", type=positive_int, default=2000, help="training steps (batches)")
+    p.add_argument("--steps", type=positive_int, default=3000, help="training steps (batches)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seeds the parameters, the data and dropout")
     p.add_argument("--vocab-size", type=positive_int, default=16, help="symbols + 3 special tokens (PAD, BOS, EOS)")

@@ -176,7 +176,7 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduct
     return loss.reshape(out_shape) if reduction == "none" else loss
 
 
-def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0,
+def scaled_dot_product_attention(query, key, value, attn_mask=None, *, is_causal=False, scale=None, dropout_p=0.0,
                                  need_weights=False):
     """softmax(Q Kᵀ · scale + mask) V, with PyTorch's semantics (``torch.nn.functional.scaled_dot_product_attention``).
 
@@ -188,6 +188,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
         dropout_p: dropout on the attention weights (applied whenever > 0, as PyTorch's functional form does:
             pass 0.0 in evaluation).
         need_weights: minattn's addition: also return the attention weights (..., L, S) as a detached tensor.
+        Everything after attn_mask is keyword-only: PyTorch's positional order is (attn_mask, dropout_p, is_causal,
+        scale), so a positional call ported from it fails loudly here instead of meaning something else.
     Returns:
         (..., L, Ev), or (output, weights) when ``need_weights``. A query whose keys are all masked gets output 0,
         weights 0 and gradient 0 — no NaN.
