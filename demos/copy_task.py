@@ -8,6 +8,7 @@ at the end show that diagonal.
     python -m demos.copy_task                  # default run (README states the measured accuracy and time)
     python -m demos.copy_task --steps 300      # a quick look
     python -m demos.copy_task --task reverse   # the anti-diagonal instead
+    python -m demos.copy_task --attention talking-heads --num-heads-qk 2 --num-heads-v 8
 
 It prints loss as it trains (progress bar), then exact-sequence and token accuracy of greedy decoding on held-out
 sequences and a few decoded examples, and writes to --out: loss_curve.png, cross_attention.png, metrics.json.
@@ -24,6 +25,7 @@ import time
 from autograd import backend
 from minattn import Adam, Tensor, Transformer, WarmupSchedule, clip_grad_norm_, manual_seed, no_grad, tasks
 from minattn import functional as F
+from minattn.transformer import ATTENTIONS
 
 
 def positive_int(text):
@@ -46,7 +48,16 @@ def parse_args(argv=None):
     p.add_argument("--min-len", type=positive_int, default=2, help="shortest source sequence")
     p.add_argument("--max-len", type=positive_int, default=12, help="longest source sequence (the padded width)")
     p.add_argument("--embed-dim", type=positive_int, default=64, help="model width d")
-    p.add_argument("--num-heads", type=positive_int, default=4, help="attention heads (must divide --embed-dim)")
+    p.add_argument("--num-heads", type=positive_int, default=4,
+                   help="attention heads (softmax heads h for talking heads); must divide --embed-dim")
+    p.add_argument("--attention", choices=ATTENTIONS, default="mha",
+                   help="multi-head attention, or talking-heads attention (Shazeer et al. 2020) in every layer")
+    p.add_argument("--num-heads-qk", type=positive_int, default=None,
+                   help="talking heads: query/key heads h_k (default --num-heads)")
+    p.add_argument("--num-heads-v", type=positive_int, default=None,
+                   help="talking heads: value heads h_v (default --num-heads)")
+    p.add_argument("--talking-heads-bias", action="store_true", help="talking heads: biases on P_l and P_w (timm)")
+    p.add_argument("--qk-norm", action="store_true", help="mha: LayerNorm on q and k per head (timm, ViT-22B)")
     p.add_argument("--ffn-hidden", type=positive_int, default=128, help="hidden width of the feed-forward sublayers")
     p.add_argument("--layers", type=positive_int, default=2, help="encoder layers = decoder layers")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout probability everywhere (training only)")
@@ -56,7 +67,22 @@ def parse_args(argv=None):
     p.add_argument("--eval-size", type=positive_int, default=1000, help="held-out sequences for the final evaluation")
     p.add_argument("--out", default="runs/copy_task", help="folder for the plots and metrics.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    talking = args.num_heads_qk is not None or args.num_heads_v is not None or args.talking_heads_bias
+    if talking and args.attention != "talking-heads":
+        p.error("--num-heads-qk, --num-heads-v and --talking-heads-bias need --attention talking-heads")
+    if args.qk_norm and args.attention != "mha":
+        p.error("--qk-norm is an option of --attention mha")
+    if args.embed_dim % args.num_heads:
+        p.error(f"--embed-dim {args.embed_dim} must be divisible by --num-heads {args.num_heads}")
+    return args
+
+
+def attention_options(args):
+    """The extra arguments of the attention layers that the command line asks for."""
+    if args.attention == "talking-heads":
+        return {"num_heads_qk": args.num_heads_qk, "num_heads_v": args.num_heads_v, "bias": args.talking_heads_bias}
+    return {"qk_norm": args.qk_norm}
 
 
 def to_device(batch):
@@ -65,8 +91,12 @@ def to_device(batch):
             backend.asarray(batch.tgt_in), backend.asarray(batch.tgt_out))
 
 
-def train(model, args, progress=True):
-    """Teacher-forced training with Adam, the warm-up schedule and clipping; returns (steps, losses, seconds)."""
+def train(model, args, progress=True, callback=None):
+    """Teacher-forced training with Adam, the warm-up schedule and clipping; returns (steps, losses, seconds).
+
+    ``callback(step)``, if given, runs after every optimizer step (the talking-heads demo evaluates there); its
+    time is not counted in the seconds returned.
+    """
     from tqdm import tqdm
 
     optimizer = Adam(model.parameters(), betas=(0.9, 0.98), eps=1e-9)
@@ -90,16 +120,22 @@ def train(model, args, progress=True):
             steps.append(step)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{optimizer.lr:.2e}")
+        if callback is not None:
+            paused = time.perf_counter()
+            callback(step)
+            start += time.perf_counter() - paused
     return steps, losses, time.perf_counter() - start
 
 
-def evaluate(model, args, batch_size=250):
-    """Greedy-decode ``eval_size`` held-out sequences; returns (exact_match, token_accuracy, examples, last batch)."""
+def evaluate(model, args, batch_size=250, eval_size=None):
+    """Greedy-decode ``eval_size`` (default ``args.eval_size``) held-out sequences; returns (exact_match,
+    token_accuracy, examples, last batch). The same sequences every call for the same seed."""
+    eval_size = args.eval_size if eval_size is None else eval_size
     rng = backend.new_host_rng([args.seed, 2])   # a stream the training never draws from
     exact = tokens_right = tokens_total = 0
     examples, done = [], 0
-    while done < args.eval_size:
-        n = min(batch_size, args.eval_size - done)
+    while done < eval_size:
+        n = min(batch_size, eval_size - done)
         batch = tasks.make_batch(rng, n, args.vocab_size, args.min_len, args.max_len, args.task)
         src, lens, _, _ = to_device(batch)
         pred = model.greedy_decode(Tensor(src), lens, tasks.BOS, tasks.EOS, args.max_len + 1)   # (n, max_len + 1)
@@ -113,7 +149,7 @@ def evaluate(model, args, batch_size=250):
             if len(examples) < 5:
                 examples.append((tasks.strip(batch.src[i]), tasks.strip(pred[i]), bool(right.all())))
         done += n
-    return exact / args.eval_size, tokens_right / tokens_total, examples, batch
+    return exact / eval_size, tokens_right / tokens_total, examples, batch
 
 
 def plot(out, steps, losses, model, batch, args):
@@ -163,14 +199,20 @@ def plot(out, steps, losses, model, batch, args):
     plt.close(fig)
 
 
+def build_model(args):
+    """The Transformer the command line describes (parameters drawn from manual_seed's stream)."""
+    return Transformer(args.vocab_size, args.vocab_size, args.embed_dim, args.num_heads, args.ffn_hidden,
+                       args.layers, args.layers, args.dropout, max_len=args.max_len + 1,
+                       attention=args.attention, attention_options=attention_options(args))
+
+
 def main(argv=None):
     """Train, evaluate, print, and write the figures and metrics.json."""
     args = parse_args(argv)
     manual_seed(args.seed)
-    model = Transformer(args.vocab_size, args.vocab_size, args.embed_dim, args.num_heads, args.ffn_hidden,
-                        args.layers, args.layers, args.dropout, max_len=args.max_len + 1)
-    print(f"{args.task} task on {backend.BACKEND}: {model.num_parameters():,} parameters, lengths "
-          f"{args.min_len}..{args.max_len}, {args.vocab_size - tasks.NUM_SPECIAL} symbols")
+    model = build_model(args)
+    print(f"{args.task} task, {args.attention} attention, on {backend.BACKEND}: {model.num_parameters():,} "
+          f"parameters, lengths {args.min_len}..{args.max_len}, {args.vocab_size - tasks.NUM_SPECIAL} symbols")
     steps, losses, seconds = train(model, args, progress=not args.no_progress)
     exact, token_acc, examples, batch = evaluate(model, args)
     print(f"trained {args.steps} steps in {seconds:.1f} s; final loss {losses[-1]:.4f}")

@@ -1,16 +1,17 @@
 """minattn: attention, from scratch, on the ``autograd`` engine — every gradient written by hand and checked.
 
 Read in this order: module.py (Module, Parameter), fused/ (each operation with its backward), functional.py (the
-checked public functions), masks.py, layers.py, attention.py (MultiHeadAttention), transformer.py, optim.py, tasks.py.
+checked public functions), masks.py, layers.py, attention.py (MultiHeadAttention), talking_heads.py, transformer.py, optim.py, tasks.py.
 """
 from autograd import Tensor, no_grad, manual_seed, to_numpy, asarray, BACKEND
 from minattn import functional
 from minattn.module import Module, Parameter, ModuleList
 from minattn.layers import Linear, Embedding, LayerNorm, Dropout, PositionalEncoding, PositionWiseFFN
 from minattn.attention import MultiHeadAttention
+from minattn.talking_heads import TalkingHeadsAttention
 from minattn.transformer import Transformer
 from minattn.optim import SGD, Adam, WarmupSchedule, clip_grad_norm_
 
 __all__ = ["Tensor", "no_grad", "manual_seed", "to_numpy", "asarray", "BACKEND", "functional", "Module", "Parameter",
            "ModuleList", "Linear", "Embedding", "LayerNorm", "Dropout", "PositionalEncoding", "PositionWiseFFN",
-           "MultiHeadAttention", "Transformer", "SGD", "Adam", "WarmupSchedule", "clip_grad_norm_"]
+           "MultiHeadAttention", "TalkingHeadsAttention", "Transformer", "SGD", "Adam", "WarmupSchedule", "clip_grad_norm_"]

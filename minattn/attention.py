@@ -2,7 +2,7 @@
 from autograd import ops
 from minattn import functional as F
 from minattn import masks
-from minattn.layers import Linear
+from minattn.layers import LayerNorm, Linear
 from minattn.module import Module
 
 
@@ -49,6 +49,9 @@ class MultiHeadAttention(Module):
         dropout: dropout on the attention weights, in training mode.
         bias: whether W_q, W_k, W_v, W_o have biases.
         kdim, vdim: feature sizes of key and value inputs (default E), for cross-attention between widths.
+        qk_norm: LayerNorm over the head dimension of q and of k, after the split into heads and before the
+            scaled dot product (``q_norm``, ``k_norm``, each with its own γ, β of size d_h), as timm's ``Attention``
+            does; it bounds the logits (Dehghani et al. 2023, ViT-22B).
         dtype: of the parameters (float32 by default).
     Shapes (batch first):
         query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E)
@@ -65,7 +68,7 @@ class MultiHeadAttention(Module):
     Source: Vaswani et al. 2017, §3.2.2; d2l §11.5.
     """
 
-    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None, dtype=None):
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None, qk_norm=False, dtype=None):
         super().__init__()
         if num_heads <= 0 or embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
@@ -78,6 +81,8 @@ class MultiHeadAttention(Module):
         self.W_k = Linear(self.kdim, embed_dim, bias=bias, dtype=dtype)
         self.W_v = Linear(self.vdim, embed_dim, bias=bias, dtype=dtype)
         self.W_o = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype)
+        self.q_norm = LayerNorm(self.head_dim, dtype=dtype) if qk_norm else None
+        self.k_norm = LayerNorm(self.head_dim, dtype=dtype) if qk_norm else None
         self.attention_weights = None
 
     def forward(self, query, key, value, valid_lens=None, attn_mask=None, is_causal=False):
@@ -98,6 +103,8 @@ class MultiHeadAttention(Module):
         q = transpose_qkv(self.W_q(query), self.num_heads)             # (B, h, L, d_h)
         k = transpose_qkv(self.W_k(key), self.num_heads)               # (B, h, S, d_h)
         v = transpose_qkv(self.W_v(value), self.num_heads)             # (B, h, S, d_h)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                      # (B, h, L, d_h), (B, h, S, d_h)
         out, weights = F.attention(q, k, v, mask, bias, dropout_p=self.dropout if self.training else 0.0,
                                    need_weights=True)                  # (B, h, L, d_h), (B, h, L, S)
         self.attention_weights = weights                               # (B, h, L, S)
@@ -105,4 +112,5 @@ class MultiHeadAttention(Module):
 
     def extra_repr(self):
         """The constructor arguments, for repr."""
-        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, "
+                f"qk_norm={self.q_norm is not None}")

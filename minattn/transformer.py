@@ -12,8 +12,25 @@ from autograd import backend
 from autograd.backend import xp
 from autograd.tensor import Tensor, no_grad
 from minattn.attention import MultiHeadAttention
+from minattn.talking_heads import TalkingHeadsAttention
 from minattn.layers import Dropout, Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN
 from minattn.module import Module, ModuleList
+
+
+ATTENTIONS = ("mha", "talking-heads")
+
+
+def make_attention(attention, embed_dim, num_heads, dropout=0.0, dtype=None, **options):
+    """An attention layer by name: 'mha' → MultiHeadAttention, 'talking-heads' → TalkingHeadsAttention.
+
+    ``options`` go to the layer (e.g. qk_norm=True for 'mha'; num_heads_qk, num_heads_v, bias for 'talking-heads').
+    Raises ValueError for another name.
+    """
+    if attention == "mha":
+        return MultiHeadAttention(embed_dim, num_heads, dropout, dtype=dtype, **options)
+    if attention == "talking-heads":
+        return TalkingHeadsAttention(embed_dim, num_heads, dropout=dropout, dtype=dtype, **options)
+    raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
 
 
 class Residual(Module):
@@ -35,9 +52,10 @@ class Residual(Module):
 class EncoderBlock(Module):
     """Self-attention over the source (padding keys masked by ``valid_lens``), then the feed-forward sublayer."""
 
-    def __init__(self, embed_dim, num_heads, ffn_hidden, dropout=0.0, norm_first=False, dtype=None):
+    def __init__(self, embed_dim, num_heads, ffn_hidden, dropout=0.0, norm_first=False, dtype=None,
+                 attention="mha", attention_options=None):
         super().__init__()
-        self.attention = MultiHeadAttention(embed_dim, num_heads, dropout, dtype=dtype)
+        self.attention = make_attention(attention, embed_dim, num_heads, dropout, dtype, **(attention_options or {}))
         self.residual1 = Residual(embed_dim, dropout, norm_first, dtype)
         self.ffn = PositionWiseFFN(embed_dim, ffn_hidden, dropout, dtype)
         self.residual2 = Residual(embed_dim, dropout, norm_first, dtype)
@@ -51,11 +69,13 @@ class EncoderBlock(Module):
 class DecoderBlock(Module):
     """Causal self-attention, cross-attention to the encoder's memory, then the feed-forward sublayer."""
 
-    def __init__(self, embed_dim, num_heads, ffn_hidden, dropout=0.0, norm_first=False, dtype=None):
+    def __init__(self, embed_dim, num_heads, ffn_hidden, dropout=0.0, norm_first=False, dtype=None,
+                 attention="mha", attention_options=None):
         super().__init__()
-        self.self_attention = MultiHeadAttention(embed_dim, num_heads, dropout, dtype=dtype)
+        options = attention_options or {}
+        self.self_attention = make_attention(attention, embed_dim, num_heads, dropout, dtype, **options)
         self.residual1 = Residual(embed_dim, dropout, norm_first, dtype)
-        self.cross_attention = MultiHeadAttention(embed_dim, num_heads, dropout, dtype=dtype)
+        self.cross_attention = make_attention(attention, embed_dim, num_heads, dropout, dtype, **options)
         self.residual2 = Residual(embed_dim, dropout, norm_first, dtype)
         self.ffn = PositionWiseFFN(embed_dim, ffn_hidden, dropout, dtype)
         self.residual3 = Residual(embed_dim, dropout, norm_first, dtype)
@@ -79,22 +99,26 @@ class Transformer(Module):
         max_len: the longest sequence the positional table covers.
         norm_first: pre-norm instead of the paper's post-norm.
         dtype: of the parameters (float32 by default).
+        attention: 'mha' (MultiHeadAttention) or 'talking-heads' (TalkingHeadsAttention) in every block.
+        attention_options: dict of extra arguments for every attention layer (see ``make_attention``).
     Shapes: src (B, S), tgt_in (B, T) integer ids, src_valid_lens (B,) → logits (B, T, tgt_vocab_size).
     Token embeddings are not multiplied by √d (as in GPT-2 and minGPT; the paper does), so that the unit-variance
     embedding and the unit-amplitude positional table start on an equal footing.
     """
 
     def __init__(self, src_vocab_size, tgt_vocab_size, embed_dim=64, num_heads=4, ffn_hidden=128,
-                 num_encoder_layers=2, num_decoder_layers=2, dropout=0.0, max_len=256, norm_first=False, dtype=None):
+                 num_encoder_layers=2, num_decoder_layers=2, dropout=0.0, max_len=256, norm_first=False, dtype=None,
+                 attention="mha", attention_options=None):
         super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         self.embed_dim = embed_dim
         self.src_embedding = Embedding(src_vocab_size, embed_dim, dtype=dtype)
         self.tgt_embedding = Embedding(tgt_vocab_size, embed_dim, dtype=dtype)
         self.positions = PositionalEncoding(embed_dim, dropout, max_len, dtype=dtype)
-        self.encoder_blocks = ModuleList(EncoderBlock(embed_dim, num_heads, ffn_hidden, dropout, norm_first, dtype)
-                                         for _ in range(num_encoder_layers))
-        self.decoder_blocks = ModuleList(DecoderBlock(embed_dim, num_heads, ffn_hidden, dropout, norm_first, dtype)
-                                         for _ in range(num_decoder_layers))
+        block_args = (embed_dim, num_heads, ffn_hidden, dropout, norm_first, dtype, attention, attention_options)
+        self.encoder_blocks = ModuleList(EncoderBlock(*block_args) for _ in range(num_encoder_layers))
+        self.decoder_blocks = ModuleList(DecoderBlock(*block_args) for _ in range(num_decoder_layers))
         # pre-norm leaves the residual streams un-normalised: normalise the encoder's output and the decoder's
         self.encoder_norm = LayerNorm(embed_dim, dtype=dtype) if norm_first else None
         self.final_norm = LayerNorm(embed_dim, dtype=dtype) if norm_first else None
