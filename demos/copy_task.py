@@ -152,6 +152,15 @@ def evaluate(model, args, batch_size=250, eval_size=None):
     return exact / eval_size, tokens_right / tokens_total, examples, batch
 
 
+def smooth(values, weight=0.1):
+    """Exponential moving average (each point = 0.9 · previous + 0.1 · value): the trend through batch noise."""
+    out, running = [], values[0]
+    for value in values:
+        running = (1 - weight) * running + weight * value
+        out.append(running)
+    return out
+
+
 def plot(out, steps, losses, model, batch, args):
     """Write loss_curve.png and cross_attention.png (the last decoder block, each head, three examples)."""
     import matplotlib
@@ -159,12 +168,8 @@ def plot(out, steps, losses, model, batch, args):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    smooth, running = [], losses[0]
-    for value in losses:   # exponential moving average, to see the trend through batch-to-batch noise
-        running = 0.9 * running + 0.1 * value
-        smooth.append(running)
     ax.plot(steps, losses, alpha=0.35, label="every 10th batch")
-    ax.plot(steps, smooth, label="moving average")
+    ax.plot(steps, smooth(losses), label="moving average")
     ax.legend()
     ax.set(yscale="log", xlabel="step", ylabel="cross-entropy (nats/token)", title=f"{args.task} task: training loss")
     ax.grid(alpha=0.3)

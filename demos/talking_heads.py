@@ -10,7 +10,7 @@ held-out set (checked every --eval-every steps; '—' if never within the budget
 1,000 held-out sequences — and writes to --out: loss_curves.png (every run, both attentions), talking_heads_P.png
 (the learned P_l and P_w of the first seed's last encoder layer) and results.json.
 
-    python -m demos.talking_heads                       # about 4 minutes on 2 cores
+    python -m demos.talking_heads                       # about 5 minutes on 2 cores
     python -m demos.talking_heads --seeds 1 --steps 300 # a quick look
 """
 import argparse
@@ -31,11 +31,12 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tasks", nargs="+", choices=("copy", "reverse"), default=["copy", "reverse"], help="tasks to run")
     p.add_argument("--seeds", type=copy_task.positive_int, default=3, help="seeds 0 .. N-1 for each model and task")
-    p.add_argument("--steps", type=copy_task.positive_int, default=700, help="training steps per run (the budget)")
+    p.add_argument("--steps", type=copy_task.positive_int, default=1200, help="training steps per run (the budget)")
     p.add_argument("--embed-dim", type=copy_task.positive_int, default=64, help="model width d")
     p.add_argument("--num-heads", type=copy_task.positive_int, default=16, help="heads; head dim = d / heads")
     p.add_argument("--layers", type=copy_task.positive_int, default=1, help="encoder layers = decoder layers")
     p.add_argument("--max-len", type=copy_task.positive_int, default=8, help="longest sequence")
+    p.add_argument("--lr-factor", type=float, default=0.5, help="scales the warm-up schedule's learning rate")
     p.add_argument("--eval-every", type=copy_task.positive_int, default=50, help="steps between accuracy checks")
     p.add_argument("--eval-size", type=copy_task.positive_int, default=200, help="sequences per accuracy check")
     p.add_argument("--out", default="runs/talking_heads", help="folder for the plots and results.json")
@@ -47,7 +48,7 @@ def run_args(args, task, attention, seed):
     return copy_task.parse_args([
         "--task", task, "--attention", attention, "--seed", str(seed), "--steps", str(args.steps),
         "--embed-dim", str(args.embed_dim), "--num-heads", str(args.num_heads), "--ffn-hidden", str(2 * args.embed_dim),
-        "--layers", str(args.layers), "--max-len", str(args.max_len), "--warmup", "100", "--lr-factor", "1.0",
+        "--layers", str(args.layers), "--max-len", str(args.max_len), "--warmup", "100", "--lr-factor", str(args.lr_factor),
         "--no-progress"])
 
 
@@ -97,10 +98,14 @@ def plot(out, runs, tasks):
     colors = {"mha": "tab:blue", "talking-heads": "tab:orange"}
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for r in (r for r in runs if r["task"] == task):
-            ax.plot(r["steps"], r["losses"], color=colors[r["attention"]], alpha=0.7,
-                    label=r["attention"] if r["seed"] == 0 else None)
-        ax.set(yscale="log", xlabel="step", ylabel="training loss (nats/token)", title=f"{task} task")
+        for attention in ATTENTIONS:
+            rs = [r for r in runs if r["task"] == task and r["attention"] == attention]
+            curves = [copy_task.smooth(r["losses"]) for r in rs]
+            for curve in curves:                                        # each seed, faint
+                ax.plot(rs[0]["steps"], curve, color=colors[attention], alpha=0.25)
+            mean = [statistics.mean(points) for points in zip(*curves)]
+            ax.plot(rs[0]["steps"], mean, color=colors[attention], label=f"{attention} (mean of {len(rs)} seeds)")
+        ax.set(yscale="log", xlabel="step", ylabel="training loss, moving average", title=f"{task} task")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
