@@ -26,14 +26,7 @@ from autograd import backend
 from minattn import Adam, Tensor, Transformer, WarmupSchedule, clip_grad_norm_, manual_seed, no_grad, tasks
 from minattn import functional as F
 from minattn.transformer import ATTENTIONS
-
-
-def positive_int(text):
-    """argparse type: an int >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+from demos.cli import positive_int
 
 
 def parse_args(argv=None):
@@ -58,6 +51,7 @@ def parse_args(argv=None):
                    help="talking heads: value heads h_v (default --num-heads)")
     p.add_argument("--talking-heads-bias", action="store_true", help="talking heads: biases on P_l and P_w (timm)")
     p.add_argument("--qk-norm", action="store_true", help="mha: LayerNorm on q and k per head (timm, ViT-22B)")
+    p.add_argument("--share-qk", action="store_true", help="tie W_k to W_q in every attention layer")
     p.add_argument("--ffn-hidden", type=positive_int, default=128, help="hidden width of the feed-forward sublayers")
     p.add_argument("--layers", type=positive_int, default=2, help="encoder layers = decoder layers")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout probability everywhere (training only)")
@@ -81,8 +75,9 @@ def parse_args(argv=None):
 def attention_options(args):
     """The extra arguments of the attention layers that the command line asks for."""
     if args.attention == "talking-heads":
-        return {"num_heads_qk": args.num_heads_qk, "num_heads_v": args.num_heads_v, "bias": args.talking_heads_bias}
-    return {"qk_norm": args.qk_norm}
+        return {"num_heads_qk": args.num_heads_qk, "num_heads_v": args.num_heads_v, "bias": args.talking_heads_bias,
+                "share_qk": args.share_qk}
+    return {"qk_norm": args.qk_norm, "share_qk": args.share_qk}
 
 
 def to_device(batch):

@@ -20,6 +20,7 @@ import statistics
 
 from autograd import backend
 from demos import copy_task
+from demos.cli import positive_int
 from minattn import manual_seed
 
 ATTENTIONS = ("mha", "talking-heads")
@@ -30,15 +31,15 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m demos.talking_heads", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tasks", nargs="+", choices=("copy", "reverse"), default=["copy", "reverse"], help="tasks to run")
-    p.add_argument("--seeds", type=copy_task.positive_int, default=3, help="seeds 0 .. N-1 for each model and task")
-    p.add_argument("--steps", type=copy_task.positive_int, default=1200, help="training steps per run (the budget)")
-    p.add_argument("--embed-dim", type=copy_task.positive_int, default=64, help="model width d")
-    p.add_argument("--num-heads", type=copy_task.positive_int, default=16, help="heads; head dim = d / heads")
-    p.add_argument("--layers", type=copy_task.positive_int, default=1, help="encoder layers = decoder layers")
-    p.add_argument("--max-len", type=copy_task.positive_int, default=8, help="longest sequence")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0 .. N-1 for each model and task")
+    p.add_argument("--steps", type=positive_int, default=1200, help="training steps per run (the budget)")
+    p.add_argument("--embed-dim", type=positive_int, default=64, help="model width d")
+    p.add_argument("--num-heads", type=positive_int, default=16, help="heads; head dim = d / heads")
+    p.add_argument("--layers", type=positive_int, default=1, help="encoder layers = decoder layers")
+    p.add_argument("--max-len", type=positive_int, default=8, help="longest sequence")
     p.add_argument("--lr-factor", type=float, default=0.5, help="scales the warm-up schedule's learning rate")
-    p.add_argument("--eval-every", type=copy_task.positive_int, default=50, help="steps between accuracy checks")
-    p.add_argument("--eval-size", type=copy_task.positive_int, default=200, help="sequences per accuracy check")
+    p.add_argument("--eval-every", type=positive_int, default=50, help="steps between accuracy checks")
+    p.add_argument("--eval-size", type=positive_int, default=200, help="sequences per accuracy check")
     p.add_argument("--out", default="runs/talking_heads", help="folder for the plots and results.json")
     return p.parse_args(argv)
 

@@ -8,10 +8,12 @@ from minattn import functional
 from minattn.module import Module, Parameter, ModuleList
 from minattn.layers import Linear, Embedding, LayerNorm, Dropout, PositionalEncoding, PositionWiseFFN
 from minattn.attention import MultiHeadAttention
+from minattn.additive import AdditiveAttention
 from minattn.talking_heads import TalkingHeadsAttention
 from minattn.transformer import Transformer
 from minattn.optim import SGD, Adam, WarmupSchedule, clip_grad_norm_
 
 __all__ = ["Tensor", "no_grad", "manual_seed", "to_numpy", "asarray", "BACKEND", "functional", "Module", "Parameter",
            "ModuleList", "Linear", "Embedding", "LayerNorm", "Dropout", "PositionalEncoding", "PositionWiseFFN",
-           "MultiHeadAttention", "TalkingHeadsAttention", "Transformer", "SGD", "Adam", "WarmupSchedule", "clip_grad_norm_"]
+           "MultiHeadAttention", "AdditiveAttention", "TalkingHeadsAttention", "Transformer", "SGD", "Adam",
+           "WarmupSchedule", "clip_grad_norm_"]

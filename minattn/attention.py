@@ -52,6 +52,10 @@ class MultiHeadAttention(Module):
         qk_norm: LayerNorm over the head dimension of q and of k, after the split into heads and before the
             scaled dot product (``q_norm``, ``k_norm``, each with its own γ, β of size d_h), as timm's ``Attention``
             does; it bounds the logits (Dehghani et al. 2023, ViT-22B).
+        share_qk: tie the key projection to the query projection (W_k is W_q; no W_k parameter). Then in
+            self-attention the scores s = Q Kᵀ = (X W_qᵀ + b)(X W_qᵀ + b)ᵀ form a symmetric positive semi-definite
+            matrix per head: i scores j exactly as j scores i, and s_ii + s_jj >= 2 s_ij, so no token can prefer
+            another over both their own self-scores (``python -m demos.lesson_tied_qk``). Needs kdim = embed_dim.
         dtype: of the parameters (float32 by default).
     Shapes (batch first):
         query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E)
@@ -68,7 +72,8 @@ class MultiHeadAttention(Module):
     Source: Vaswani et al. 2017, §3.2.2; d2l §11.5.
     """
 
-    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None, qk_norm=False, dtype=None):
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None, qk_norm=False,
+                 share_qk=False, dtype=None):
         super().__init__()
         if num_heads <= 0 or embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
@@ -78,7 +83,9 @@ class MultiHeadAttention(Module):
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self.dropout = dropout
         self.W_q = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype)
-        self.W_k = Linear(self.kdim, embed_dim, bias=bias, dtype=dtype)
+        if share_qk and self.kdim != embed_dim:
+            raise ValueError(f"share_qk needs keys of width embed_dim={embed_dim}; got kdim={self.kdim}")
+        self.W_k = None if share_qk else Linear(self.kdim, embed_dim, bias=bias, dtype=dtype)
         self.W_v = Linear(self.vdim, embed_dim, bias=bias, dtype=dtype)
         self.W_o = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype)
         self.q_norm = LayerNorm(self.head_dim, dtype=dtype) if qk_norm else None
@@ -101,7 +108,8 @@ class MultiHeadAttention(Module):
         mask, bias = masks.attention_masks(batch, self.num_heads, num_queries, num_keys, query.dtype,
                                            valid_lens, attn_mask, is_causal)       # -> (B, h, L, S)
         q = transpose_qkv(self.W_q(query), self.num_heads)             # (B, h, L, d_h)
-        k = transpose_qkv(self.W_k(key), self.num_heads)               # (B, h, S, d_h)
+        W_k = self.W_q if self.W_k is None else self.W_k               # tied Q/K: the same projection
+        k = transpose_qkv(W_k(key), self.num_heads)                    # (B, h, S, d_h)
         v = transpose_qkv(self.W_v(value), self.num_heads)             # (B, h, S, d_h)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)                      # (B, h, L, d_h), (B, h, S, d_h)
@@ -113,4 +121,4 @@ class MultiHeadAttention(Module):
     def extra_repr(self):
         """The constructor arguments, for repr."""
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, "
-                f"qk_norm={self.q_norm is not None}")
+                f"qk_norm={self.q_norm is not None}, share_qk={self.W_k is None}")

@@ -25,6 +25,7 @@ class TalkingHeadsAttention(Module):
         head_dim: d_k = d_v (default E / h; then E must be divisible by h).
         proj_bias: biases in W_q, W_k, W_v, W_o.
         kdim, vdim: widths of key and value inputs (default E). dtype: of the parameters (float32).
+        share_qk: W_k is W_q (no W_k parameter), as in MultiHeadAttention; needs kdim = E.
     Parameters: ``W_q`` (h_k·d, E), ``W_k`` (h_k·d, kdim), ``W_v`` (h_v·d, vdim), ``W_o`` (E, h_v·d) — Linear layers;
         ``proj_l`` = P_l, a Linear(h_k, h): weight (h, h_k), the paper's P_l[h_k, h] transposed;
         ``proj_w`` = P_w, a Linear(h, h_v): weight (h_v, h). Init: PyTorch's Linear default for every one.
@@ -44,7 +45,7 @@ class TalkingHeadsAttention(Module):
     """
 
     def __init__(self, embed_dim, num_heads, num_heads_qk=None, num_heads_v=None, bias=False, dropout=0.0,
-                 head_dim=None, proj_bias=True, kdim=None, vdim=None, dtype=None):
+                 head_dim=None, proj_bias=True, kdim=None, vdim=None, share_qk=False, dtype=None):
         super().__init__()
         num_heads_qk = num_heads if num_heads_qk is None else num_heads_qk
         num_heads_v = num_heads if num_heads_v is None else num_heads_v
@@ -62,7 +63,9 @@ class TalkingHeadsAttention(Module):
         self.num_heads_qk, self.num_heads_v, self.dropout = num_heads_qk, num_heads_v, dropout
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self.W_q = Linear(embed_dim, num_heads_qk * head_dim, bias=proj_bias, dtype=dtype)
-        self.W_k = Linear(self.kdim, num_heads_qk * head_dim, bias=proj_bias, dtype=dtype)
+        if share_qk and self.kdim != embed_dim:
+            raise ValueError(f"share_qk needs keys of width embed_dim={embed_dim}; got kdim={self.kdim}")
+        self.W_k = None if share_qk else Linear(self.kdim, num_heads_qk * head_dim, bias=proj_bias, dtype=dtype)
         self.W_v = Linear(self.vdim, num_heads_v * head_dim, bias=proj_bias, dtype=dtype)
         self.W_o = Linear(num_heads_v * head_dim, embed_dim, bias=proj_bias, dtype=dtype)
         self.proj_l = Linear(num_heads_qk, num_heads, bias=bias, dtype=dtype)     # P_l
@@ -77,7 +80,8 @@ class TalkingHeadsAttention(Module):
         mask, attn_bias = masks.attention_masks(batch, 1, num_queries, num_keys, query.dtype,
                                                 valid_lens, attn_mask, is_causal)      # -> (B, 1, L, S)
         q = transpose_qkv(self.W_q(query), self.num_heads_qk)              # (B, h_k, L, d)
-        k = transpose_qkv(self.W_k(key), self.num_heads_qk)                # (B, h_k, S, d)
+        W_k = self.W_q if self.W_k is None else self.W_k                    # tied Q/K: the same projection
+        k = transpose_qkv(W_k(key), self.num_heads_qk)                     # (B, h_k, S, d)
         v = transpose_qkv(self.W_v(value), self.num_heads_v)               # (B, h_v, S, d)
         keep = None
         if self.training and self.dropout > 0:

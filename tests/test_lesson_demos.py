@@ -1,0 +1,84 @@
+"""The four lessons (demos/lesson_*.py) end to end on tiny settings: each main() returns the numbers it printed,
+the identities hold to rounding (< 1e-10), the contrasts are large (> 1e-3), and the figures are written."""
+import pytest
+
+from demos import lesson_heads, lesson_padding, lesson_positions, lesson_weight_sharing
+
+SMALL, LARGE = 1e-10, 1e-3
+
+
+def pngs(folder):
+    return {p.name for p in folder.glob("*.png") if p.stat().st_size > 0}
+
+
+def test_weight_sharing(tmp_path, capsys):
+    out = tmp_path / "ws"
+    n = lesson_weight_sharing.main(["--embed-dim", "6", "--length", "5", "--num-heads", "3", "--lengths", "4", "40",
+                                    "--seed", "2", "--out", str(out)])
+    for key in ("per_position_vs_whole", "conv1x1_vs_whole", "permute_then_project_vs_project_then_permute"):
+        assert n[key] < SMALL
+    assert n["W_q_parameters"] == {4: 42, 40: 42}
+    assert n["mha_parameters"][4] == n["mha_parameters"][40] == 4 * 42
+    assert n["W_q_parameters_if_one_per_position"][40] == 40 * 42
+    assert n["claim_holds"]
+    printed = capsys.readouterr().out
+    assert "1×1 convolution" in printed and "verdict" in printed
+    assert pngs(out) == {"weight_sharing.png"}
+
+
+def test_heads(tmp_path, capsys):
+    out = tmp_path / "heads"
+    n = lesson_heads.main(["--out", str(out)])
+    for key in ("small_projections_vs_split_big", "per_head_loop_vs_batched_1d", "per_head_loop_vs_batched_2d",
+                "transpose_output_of_transpose_qkv"):
+        assert n[key] < SMALL
+    assert n["small_projection_parameters"] == n["big_projection_parameters"] == 100 * 100 + 100
+    shapes = n["shapes"]
+    assert shapes["q = transpose_qkv(W_q(queries), 5)"] == (2, 5, 4, 20)
+    assert shapes["scores = q kᵀ / √d_h"] == (2, 5, 4, 6)
+    assert shapes["W_o(...) = output"] == (2, 4, 100)
+    assert n["keys_seen_1d"] == [[3, 3, 3, 3], [2, 2, 2, 2]]
+    assert n["keys_seen_2d"] == [[1, 2, 3, 3], [1, 2, 2, 2]]
+    assert n["claim_holds"]
+    assert "valid_lens (B, L)" in capsys.readouterr().out
+    assert pngs(out) == {"heads_valid_lens.png"}
+
+
+def test_heads_other_width(tmp_path):
+    n = lesson_heads.main(["--embed-dim", "12", "--num-heads", "3", "--out", str(tmp_path)])
+    assert n["claim_holds"] and n["shapes"]["q = transpose_qkv(W_q(queries), 3)"] == (2, 3, 4, 4)
+
+
+def test_positions(tmp_path):
+    out = tmp_path / "pos"
+    n = lesson_positions.main(["--embed-dim", "16", "--num-heads", "2", "--length", "5", "--max-len", "120",
+                               "--shifts", "1", "7", "30", "--out", str(out)])
+    assert n["permutation_no_positions"] < SMALL
+    assert n["permutation_with_pe"] > LARGE
+    assert set(n["shift_rotation_error"]) == {1, 7, 30}
+    assert max(n["shift_rotation_error"].values()) < SMALL
+    assert max(n["angle_error"].values()) < SMALL
+    assert max(n["dot_product_spread"].values()) < SMALL and n["dot_product_vs_sum_cos"] < SMALL
+    assert n["claim_holds"]
+    assert pngs(out) == {"pe_table.png", "pe_dot_product.png"}
+
+
+def test_positions_rejects_odd_width(tmp_path):
+    with pytest.raises(SystemExit):
+        lesson_positions.main(["--embed-dim", "15", "--num-heads", "3", "--out", str(tmp_path)])
+
+
+def test_padding(tmp_path):
+    out = tmp_path / "pad"
+    n = lesson_padding.main(["--lengths", "4", "2", "5", "--embed-dim", "8", "--layers", "1", "--ffn-hidden", "8",
+                             "--out", str(out)])
+    for key in ("padded_vs_alone_mha", "padded_vs_alone_encoder", "new_filler_masked", "weight_on_padding_masked"):
+        assert n[key] < SMALL
+    for key in ("no_mask_vs_alone_mha", "no_mask_vs_alone_encoder", "new_filler_unmasked",
+                "weight_on_padding_unmasked", "top_k_vs_alone_mha"):
+        assert n[key] > LARGE
+    assert n["real_query_rows"] == 2 * (4 + 2 + 5)
+    assert n["top_k_rows_differing_from_padding_mask"] > 0 and n["top_k_filler_keys_kept"] > 0
+    assert n["top_k_rows_moved_by_new_tokens"] > 0 and n["padding_mask_rows_moved_by_new_tokens"] == 0
+    assert n["claim_holds"]
+    assert pngs(out) == {"padding_weights.png"}
