@@ -1,7 +1,8 @@
 """minattn: attention, from scratch, on the ``autograd`` engine — every gradient written by hand and checked.
 
 Read in this order: module.py (Module, Parameter), fused/ (each operation with its backward), functional.py (the
-checked public functions), masks.py, layers.py, attention.py (MultiHeadAttention), talking_heads.py, transformer.py, optim.py, tasks.py.
+checked public functions), masks.py, layers.py, attention.py (MultiHeadAttention), talking_heads.py, additive.py,
+transformer.py, optim.py, tasks.py.
 """
 from autograd import Tensor, no_grad, manual_seed, to_numpy, asarray, BACKEND
 from minattn import functional
