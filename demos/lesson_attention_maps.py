@@ -6,7 +6,7 @@ model that has learned a task, and do they show HOW it solves it?
 THE CLAIM. In a Transformer trained to copy, the decoder's cross-attention learns to read source position i when
 writing output position i: a diagonal. Trained to reverse, it reads position n−1−i: the anti-diagonal. Not every
 head needs to do it — some heads of some layers carry other information (the positions, the end of the sequence) —
-but at least one head per model lines up almost perfectly.
+but the best heads line up closely (measured: 0.99 of the weight for copy, 0.88 for reverse).
 
 HOW THE RUN SHOWS IT. It trains one small encoder–decoder on copy and one on reverse (lengths 2–8), then for one
 held-out sequence draws every head of every layer: encoder self-attention, decoder (causal) self-attention and
@@ -61,7 +61,7 @@ def aligned_weight(model, config, task, size=500):
                 count += n[b]
             per_head.append(float(total / count))
         rows.append(per_head)
-    return rows, float(np.mean(1.0 / n))
+    return rows, float(len(n) / n.sum())          # chance, averaged like the score: per output position
 
 
 def plot_maps(out, model, batch, task):

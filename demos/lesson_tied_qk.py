@@ -1,7 +1,7 @@
 """Lesson: why do Q and K use different matrices?
 
-THE QUESTION. Attention scores are s_ij = q_i · k_j with q = W_q x and k = W_k x. Why not save parameters and use one
-matrix for both?
+THE QUESTION. Attention scores are s_ij = q_i · k_j with q = x W_q and k = x W_k (row vectors). Why not save
+parameters and use one matrix for both?
 
 THE CLAIM. With W_q = W_k = W, self-attention's score matrix S = X W Wᵀ Xᵀ is a Gram matrix: symmetric (i scores j
 exactly as j scores i) and positive semi-definite, so s_ii + s_jj >= 2 s_ij for every pair — no token can prefer
@@ -10,18 +10,19 @@ forbid reading the predecessor: i may prefer i−1 over i+1 if s_{i,i−1} > s_{
 arrange by letting scores fall along the sequence. But on a CYCLE (position 0 reads position L−1) every position
 would need a_i > a_{i+1} for a_i = s_{i,i−1}, all the way round: a_0 > a_1 > … > a_{L−1} > a_0, impossible. So the
 cyclic predecessor task — y_i = x_{(i−1) mod L} — needs asymmetric scores, which separate W_q, W_k give: a tied
-single head must get at least one position of the cycle wrong. (With several heads, values and a feed-forward
-layer, a network can sometimes route around the per-head constraint; the run shows how often.)
+head cannot weight the predecessor above the successor at every position of the cycle. That alone does not force an
+error (soft weights, values and the feed-forward layer could still decode a token weighted less), so whether the
+model pays for it is measured: with one head it gives up one position of the cycle. With several heads a network
+can sometimes route around the per-head constraint; the run shows how often.
 
 HOW THE RUN SHOWS IT.
   1. The identity: for a tied and an untied random layer it prints max |S − Sᵀ|, the smallest eigenvalue of S, and
-     the worst violation of s_ii + s_jj >= 2 s_ij (tests/test_lessons_tied_qk.py checks the same with random inputs).
+     the worst violation of s_ii + s_jj >= 2 s_ij (tests/test_tied_qk.py checks the same with random inputs).
   2. The experiment, over several seeds with the same batches for both: (a) the cyclic PREDECESSOR task — an
      encoder-only model must output x_{(i−1) mod L} at position i — token accuracy after a fixed budget with one
      head and with four, accuracy per position for one head, and the plain (non-cyclic) task for contrast; (b) the
-     COPY task (an encoder–
-     decoder, where cross-attention's queries and keys come from different sequences, so the tie binds less) —
-     exact-sequence accuracy. Figures: the attention of a trained tied and untied model on the predecessor task.
+     COPY task (an encoder–decoder, where cross-attention's queries and keys come from different sequences, so the
+     tie binds less) — exact-sequence accuracy. Figures: the attention of a trained tied and untied model on the predecessor task.
 
     python -m demos.lesson_tied_qk            # about a minute on 2 cores
 """

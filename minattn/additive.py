@@ -75,6 +75,7 @@ class AdditiveAttention(Module):
         self._check(queries, keys, values)
         batch, num_queries, num_keys = queries.shape[0], queries.shape[1], keys.shape[1]
         if attn_mask is not None and getattr(attn_mask, "ndim", 0) == 3:
+            masks.check_batch_broadcast(attn_mask, (queries.shape[0], queries.shape[1], keys.shape[1]), "attn_mask")
             attn_mask = attn_mask.reshape((attn_mask.shape[0], 1) + tuple(attn_mask.shape[1:]))  # (B, 1, L, S)
         mask, bias = masks.attention_masks(batch, 1, num_queries, num_keys, queries.dtype,
                                            valid_lens, attn_mask)         # broadcastable to (B, 1, L, S)

@@ -56,6 +56,7 @@ class MultiHeadAttention(Module):
             self-attention the scores s = Q Kᵀ = (X W_qᵀ + b)(X W_qᵀ + b)ᵀ form a symmetric positive semi-definite
             matrix per head: i scores j exactly as j scores i, and s_ii + s_jj >= 2 s_ij, so no token can prefer
             another over both their own self-scores (``python -m demos.lesson_tied_qk``). Needs kdim = embed_dim.
+            With qk_norm, q and k then share one LayerNorm (``q_norm``; no ``k_norm``), which keeps the symmetry.
         dtype: of the parameters (float32 by default).
     Shapes (batch first):
         query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E)
@@ -89,7 +90,8 @@ class MultiHeadAttention(Module):
         self.W_v = Linear(self.vdim, embed_dim, bias=bias, dtype=dtype)
         self.W_o = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype)
         self.q_norm = LayerNorm(self.head_dim, dtype=dtype) if qk_norm else None
-        self.k_norm = LayerNorm(self.head_dim, dtype=dtype) if qk_norm else None
+        # tied Q/K keeps its symmetry only if q and k are normalised alike: one LayerNorm for both
+        self.k_norm = LayerNorm(self.head_dim, dtype=dtype) if qk_norm and not share_qk else None
         self.attention_weights = None
 
     def forward(self, query, key, value, valid_lens=None, attn_mask=None, is_causal=False):
@@ -112,7 +114,8 @@ class MultiHeadAttention(Module):
         k = transpose_qkv(W_k(key), self.num_heads)                    # (B, h, S, d_h)
         v = transpose_qkv(self.W_v(value), self.num_heads)             # (B, h, S, d_h)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)                      # (B, h, L, d_h), (B, h, S, d_h)
+            k_norm = self.q_norm if self.k_norm is None else self.k_norm
+            q, k = self.q_norm(q), k_norm(k)                           # (B, h, L, d_h), (B, h, S, d_h)
         out, weights = F.attention(q, k, v, mask, bias, dropout_p=self.dropout if self.training else 0.0,
                                    need_weights=True)                  # (B, h, L, d_h), (B, h, L, S)
         self.attention_weights = weights                               # (B, h, L, S)

@@ -35,6 +35,8 @@ class TalkingHeadsAttention(Module):
     Masks: as MultiHeadAttention (valid_lens, attn_mask, is_causal), applied to the logits AFTER P_l, and again to
         U after P_w so that a masked key gets weight exactly 0 even with a bias on P_w. A mask must be the same for
         every head — (L, S), (B, 1, L, S) or valid_lens — since heads are mixed. A fully masked query row gives 0.
+        Only a boolean False or a float -inf removes a key: a finite float (even -1e9) is a bias on the logits, and
+        b_w can still give that key weight after P_w.
     Equivalences (tested): with h_k = h = h_v, P_l = P_w = I and no biases it is MultiHeadAttention with the same
         W_q/W_k/W_v/W_o. With bias=True and square P_l, P_w it computes timm's CaiT ``TalkingHeadAttn``:
         timm ``qkv.weight`` rows [0:E], [E:2E], [2E:3E] → ``W_q``, ``W_k``, ``W_v`` weights (``qkv.bias`` likewise;
@@ -57,6 +59,8 @@ class TalkingHeadsAttention(Module):
                 raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads} "
                                  "(or pass head_dim)")
             head_dim = embed_dim // num_heads
+        if not isinstance(head_dim, int) or head_dim < 1:
+            raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
@@ -77,6 +81,9 @@ class TalkingHeadsAttention(Module):
         """query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E); masks as MultiHeadAttention."""
         check_qkv(query, key, value, self.embed_dim, self.kdim, self.vdim)
         batch, num_queries, num_keys = query.shape[0], query.shape[1], key.shape[1]
+        if attn_mask is not None and getattr(attn_mask, "ndim", 0) == 4 and attn_mask.shape[1] != 1:
+            raise ValueError(f"talking heads mix the heads, so one mask must serve every head: attn_mask of shape "
+                             f"{tuple(attn_mask.shape)} has {attn_mask.shape[1]} heads; pass (L, S) or (B, 1, L, S)")
         mask, attn_bias = masks.attention_masks(batch, 1, num_queries, num_keys, query.dtype,
                                                 valid_lens, attn_mask, is_causal)      # -> (B, 1, L, S)
         q = transpose_qkv(self.W_q(query), self.num_heads_qk)              # (B, h_k, L, d)

@@ -186,5 +186,6 @@ class Transformer(Module):
         return out
 
     def cross_attention_weights(self):
-        """The last call's cross-attention weights, one (B, h, T, S) tensor per decoder block."""
+        """The last call's cross-attention weights, one (B, h, T, S) tensor per decoder block (for talking heads:
+        W, the softmax weights before P_w; the layers' ``mixed_weights`` hold U, which multiplies the values)."""
         return [block.cross_attention.attention_weights for block in self.decoder_blocks]

@@ -95,3 +95,26 @@ def test_lesson_attention_maps_tiny_run(tmp_path):
         heads = results[task]["aligned_weight"]
         assert len(heads) == 1 and len(heads[0]) == 2 and all(0 <= a <= 1 for a in heads[0])
         assert (tmp_path / f"attention_maps_{task}.png").stat().st_size > 0
+
+
+def test_tied_qk_with_qk_norm_normalises_q_and_k_alike_and_stays_symmetric():
+    manual_seed(0)
+    layer = MultiHeadAttention(8, 2, share_qk=True, qk_norm=True, dtype="float64")
+    names = [n for n, _ in layer.named_parameters()]
+    assert any(n.startswith("q_norm") for n in names) and not any(n.startswith("k_norm") for n in names)
+    layer.q_norm.weight.data[...] = backend.asarray(np.array([1.0, -1.0, 2.0, 0.5]))   # a trained-looking norm
+    layer.q_norm.bias.data[...] = backend.asarray(np.array([0.5, -0.3, 0.2, 0.1]))
+    x = t64(np.random.default_rng(3).standard_normal((1, 5, 8)), requires_grad=False)
+    layer(x, x, x)
+    p = host(layer.attention_weights)
+    cycle = p[..., 0, 1] * p[..., 1, 2] * p[..., 2, 0] - p[..., 1, 0] * p[..., 2, 1] * p[..., 0, 2]
+    np.testing.assert_allclose(cycle, 0, atol=1e-14)
+
+
+def test_talking_heads_rejects_a_bad_head_dim_and_names_per_head_masks():
+    with pytest.raises(ValueError, match="head_dim"):
+        TalkingHeadsAttention(8, 4, head_dim=0)
+    layer = TalkingHeadsAttention(8, 2, dtype="float64")
+    x = t64(np.ones((1, 3, 8)), requires_grad=False)
+    with pytest.raises(ValueError, match="one mask must serve every head"):
+        layer(x, x, x, attn_mask=np.ones((1, 2, 3, 3), dtype=bool))

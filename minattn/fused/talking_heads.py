@@ -52,7 +52,8 @@ class TalkingHeadsFunction(Function):
               dP_l = Σ dA Jᵀ,  db_l = Σ dA,  dJ = P_lᵀ dA
               dQ = dJ K · scale,  dK = dJᵀ (Q · scale)
               each line the rule for a product (∂(XY) = ∂X Y + X ∂Y) or for the softmax, in reverse order.
-    Saved:    Q · scale, K, V, J, W, U, D — three (..., ·, L, S) arrays (J could be recomputed; kept for clarity).
+    Saved:    Q · scale, K, V, J, W, U (three (..., ·, L, S) arrays; J could be recomputed, kept for clarity), the
+              post-mask and D.
     With h_k = h = h_v, P_l = P_w = I and no biases this is exactly scaled dot-product attention per head.
     Source:   Shazeer et al. 2020, "Talking-Heads Attention", Algorithm 2; mesh_tensorflow
               TalkingHeadsSelfAttention (no biases); timm CaiT TalkingHeadAttn (square, with biases, no mask).
@@ -117,14 +118,14 @@ def talking_heads_reference(q, k, v, w_l, w_w, b_l=None, b_w=None, mask=None, at
     logits = ops.matmul(q * scale, ops.transpose(k))                         # (..., h_k, L, S)
     mixed = mix(w_l, logits)                                                 # (..., h, L, S)
     if b_l is not None:
-        mixed = mixed + ops.reshape(b_l, (-1, 1, 1))
+        mixed = mixed + ops.reshape(b_l, (-1, 1, 1))                         # (..., h, L, S)
     weights = softmax_reference(mixed, mask, attn_bias)                      # (..., h, L, S)
     value_weights = mix(w_w, weights)                                        # (..., h_v, L, S)
     if b_w is not None:
-        value_weights = value_weights + ops.reshape(b_w, (-1, 1, 1))
-    post_mask = _post_mask(mask, attn_bias)
+        value_weights = value_weights + ops.reshape(b_w, (-1, 1, 1))         # (..., h_v, L, S)
+    post_mask = _post_mask(mask, attn_bias)                                  # (..., 1, L, S) or None
     if post_mask is not None:
-        value_weights = ops.where(post_mask, value_weights, xp.zeros((), dtype=value_weights.dtype))
+        value_weights = ops.where(post_mask, value_weights, xp.zeros((), dtype=value_weights.dtype))   # re-mask
     if keep is not None:
-        value_weights = value_weights * ops.lift(keep, value_weights)
+        value_weights = value_weights * ops.lift(keep, value_weights)        # (..., h_v, L, S)
     return ops.matmul(value_weights, v)                                      # (..., h_v, L, d_v)
