@@ -1,9 +1,16 @@
 """Multi-head attention (Vaswani et al. 2017, §3.2.2), built on the fused scaled dot-product attention."""
+import math
+
 from autograd import ops
 from minattn import functional as F
 from minattn import masks
+from minattn.fused.flash_attention import FlashAttentionFunction
 from minattn.layers import LayerNorm, Linear
 from minattn.module import Module
+
+
+ATTN_IMPLS = ("dense", "flash")
+"""The valid values of MultiHeadAttention's ``attn_impl``."""
 
 
 def transpose_qkv(x, num_heads):
@@ -58,9 +65,16 @@ class MultiHeadAttention(Module):
             another over both their own self-scores (``python -m demos.lesson_tied_qk``). Needs kdim = embed_dim.
             With qk_norm, q and k then share one LayerNorm (``q_norm``; no ``k_norm``), which keeps the symmetry.
         dtype: of the parameters (float32 by default).
+        attn_impl: how the attention of the heads is computed: "dense" (default; ScaledDotProductAttentionFunction,
+            which holds the (B, h, L, S) weights) or "flash" (FlashAttentionFunction: tile by tile, memory O(L + S)
+            per head instead of O(L·S); same result up to rounding, masks combined the same way). With "flash" the
+            weights are never materialised, so ``attention_weights`` stays None, and attention dropout is not
+            supported (dropout > 0 raises ValueError).
+        block_size: rows per tile of the "flash" path (queries and keys alike); ignored by "dense".
     Shapes (batch first):
         query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E)
-        ``attention_weights`` after a call: (B, h, L, S), before dropout, kept for plotting (a detached copy).
+        ``attention_weights`` after a call: (B, h, L, S), before dropout, kept for plotting (a detached copy);
+        None with attn_impl="flash".
     Computes what PyTorch's ``nn.MultiheadAttention(E, h, batch_first=True)`` computes with
         in_proj_weight = concat(W_q.weight, W_k.weight, W_v.weight) (in that order), in_proj_bias likewise,
         out_proj = W_o (with kdim/vdim ≠ E PyTorch keeps separate q/k/v_proj_weight instead). Two mask differences:
@@ -68,14 +82,22 @@ class MultiHeadAttention(Module):
         ``scaled_dot_product_attention``, True = TAKE PART — invert a ported mask with ``~``; and its 3-D mask is
         (B·h, L, S), which this layer refuses (pass (B, h, L, S)).
     Raises:
-        ValueError if embed_dim % num_heads != 0 (naming both), or for inputs / masks of the wrong shape;
+        ValueError if embed_dim % num_heads != 0 (naming both), or for inputs / masks of the wrong shape, for an
+        unknown attn_impl (listing the valid ones), or for attn_impl="flash" with dropout > 0;
         TypeError for inputs of another dtype.
-    Source: Vaswani et al. 2017, §3.2.2; d2l §11.5.
+    Source: Vaswani et al. 2017, §3.2.2; d2l §11.5; the "flash" path: Dao et al. 2022, Dao 2023.
     """
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None, qk_norm=False,
-                 share_qk=False, dtype=None):
+                 share_qk=False, dtype=None, attn_impl="dense", block_size=128):
         super().__init__()
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {', '.join(map(repr, ATTN_IMPLS))}; got {attn_impl!r}")
+        if not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+        if attn_impl == "flash" and dropout > 0:
+            raise ValueError(f"attn_impl='flash' does not support attention dropout (got dropout={dropout}); "
+                             "use attn_impl='dense', or dropout=0")
         if num_heads <= 0 or embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
         if not 0 <= dropout < 1:
@@ -83,6 +105,7 @@ class MultiHeadAttention(Module):
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self.dropout = dropout
+        self.attn_impl, self.block_size = attn_impl, block_size
         self.W_q = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype)
         if share_qk and self.kdim != embed_dim:
             raise ValueError(f"share_qk needs keys of width embed_dim={embed_dim}; got kdim={self.kdim}")
@@ -107,8 +130,10 @@ class MultiHeadAttention(Module):
         """
         check_qkv(query, key, value, self.embed_dim, self.kdim, self.vdim)
         batch, num_queries, num_keys = query.shape[0], query.shape[1], key.shape[1]
+        flash = self.attn_impl == "flash"
+        causal_tiles = flash and is_causal and attn_mask is None   # flash applies is_causal per tile: no (L, S) mask
         mask, bias = masks.attention_masks(batch, self.num_heads, num_queries, num_keys, query.dtype,
-                                           valid_lens, attn_mask, is_causal)       # -> (B, h, L, S)
+                                           valid_lens, attn_mask, is_causal and not causal_tiles)   # -> (B, h, L, S)
         q = transpose_qkv(self.W_q(query), self.num_heads)             # (B, h, L, d_h)
         W_k = self.W_q if self.W_k is None else self.W_k               # tied Q/K: the same projection
         k = transpose_qkv(W_k(key), self.num_heads)                    # (B, h, S, d_h)
@@ -116,6 +141,12 @@ class MultiHeadAttention(Module):
         if self.q_norm is not None:
             k_norm = self.q_norm if self.k_norm is None else self.k_norm
             q, k = self.q_norm(q), k_norm(k)                           # (B, h, L, d_h), (B, h, S, d_h)
+        if flash:
+            out = FlashAttentionFunction.apply(q, k, v, mask=mask, bias=bias, scale=1 / math.sqrt(self.head_dim),
+                                               causal=causal_tiles, block_size=self.block_size,
+                                               dropout_p=self.dropout if self.training else 0.0)   # (B, h, L, d_h)
+            self.attention_weights = None                              # never materialised
+            return self.W_o(transpose_output(out))                     # (B, L, E)
         out, weights = F.attention(q, k, v, mask, bias, dropout_p=self.dropout if self.training else 0.0,
                                    need_weights=True)                  # (B, h, L, d_h), (B, h, L, S)
         self.attention_weights = weights                               # (B, h, L, S)
@@ -124,4 +155,5 @@ class MultiHeadAttention(Module):
     def extra_repr(self):
         """The constructor arguments, for repr."""
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, "
-                f"qk_norm={self.q_norm is not None}, share_qk={self.W_k is None}")
+                f"qk_norm={self.q_norm is not None}, share_qk={self.W_k is None}"
+                + (f", attn_impl={self.attn_impl!r}, block_size={self.block_size}" if self.attn_impl != "dense" else ""))

@@ -11,6 +11,7 @@ from autograd.tensor import Tensor, as_data
 from minattn import masks
 from minattn.fused.attention import ScaledDotProductAttentionFunction
 from minattn.fused.cross_entropy import CrossEntropyFunction
+from minattn.fused.flash_attention import FlashAttentionFunction
 from minattn.fused.layer_norm import LayerNormFunction
 from minattn.fused.linear import LinearFunction
 from minattn.fused.softmax import SoftmaxFunction
@@ -233,4 +234,54 @@ def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0
     if need_weights:
         return out, Tensor(ctx.saved[3].copy())                                   # (..., L, Ev), (..., L, S)
     return out
+
+
+def flash_attention(query, key, value, attn_mask=None, *, is_causal=False, scale=None, block_size=128,
+                    dropout_p=0.0):
+    """softmax(Q Kᵀ · scale + mask) V computed tile by tile (FlashAttention): ``scaled_dot_product_attention``'s result
+    without ever holding the (..., L, S) matrix of weights.
+
+    Args:
+        query: (..., L, E); key: (..., S, E); value: (..., S, Ev) — batch axes broadcast.
+        attn_mask: None; boolean, True = take part; or float, added to the scores. Broadcastable to (..., L, S).
+        is_causal: mask keys after the query (top-left aligned lower triangle); tiles entirely above the diagonal are
+            skipped, and no (L, S) mask is built. An error together with attn_mask.
+        scale: defaults to 1/√E.
+        block_size: rows per tile, for the query blocks and the key/value blocks alike (a positive integer).
+            Memory beyond the inputs and output is O(block_size²) per batch element and head, plus O(L) for the
+            saved logsumexp; the result does not depend on it (up to the order of floating-point additions).
+        dropout_p: must be 0 — FlashAttention's fused dropout is not implemented here (use
+            ``scaled_dot_product_attention`` for attention dropout).
+        Everything after attn_mask is keyword-only, as in ``scaled_dot_product_attention``.
+    Returns:
+        (..., L, Ev). A query whose keys are all masked gets output 0 and gradient 0 — no NaN. There is no
+        ``need_weights``: the weights are never materialised.
+    Raises:
+        TypeError / ValueError as ``scaled_dot_product_attention``; ValueError for a bad block_size or dropout_p > 0.
+    Source: Dao et al. 2022 (FlashAttention); Dao 2023 (FlashAttention-2). Forward and backward:
+    ``FlashAttentionFunction``.
+    """
+    if dropout_p != 0:
+        raise ValueError(f"flash_attention does not support dropout (got dropout_p={dropout_p}); "
+                         "use scaled_dot_product_attention for attention dropout")
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _check_float(t, name)
+        if t.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 axes (..., length, features); got shape {t.shape}")
+        if t.dtype != query.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}")
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(f"query {query.shape} and key {key.shape} must share the last axis E")
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(f"key {key.shape} and value {value.shape} must share the length axis S")
+    batch = masks.broadcast_shape(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    num_queries, num_keys = query.shape[-2], key.shape[-2]
+    # is_causal is applied per tile by FlashAttentionFunction, so no (L, S) causal mask is built here; it reaches
+    # split_attn_mask only together with an attn_mask, where split_attn_mask raises (not both).
+    mask, bias = masks.split_attn_mask(attn_mask, is_causal and attn_mask is not None, num_queries, num_keys,
+                                       query.dtype)
+    masks.check_batch_broadcast(mask if mask is not None else bias, batch + (num_queries, num_keys), "attn_mask")
+    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+    return FlashAttentionFunction.apply(query, key, value, mask=mask, bias=bias, scale=scale, causal=is_causal,
+                                        block_size=block_size)                   # (..., L, Ev)
 
