@@ -123,6 +123,11 @@ def manual_seed(seed):
     _device_rng = xp.random.default_rng(seed)
 
 
+def device_rng():
+    """The device generator that dropout draws from (a NumPy or CuPy ``Generator``); checkpoints save its state."""
+    return _device_rng
+
+
 def host_rng():
     """The host ``numpy.random.Generator`` (for parameter initialisation and data: draw, then ``asarray``)."""
     return _host_rng

@@ -134,6 +134,10 @@ class Tensor:
                 raise RuntimeError(f"backward(grad): grad has shape {grad.shape}, expected {self.shape}")
 
         order = _topological_order(self)
+        for tensor in order:      # refuse before any leaf's .grad changes, not half-way through
+            if tensor._node is not None and tensor._node[1].freed:
+                raise RuntimeError(f"backward through {tensor._node[0].__name__} a second time: its saved arrays were "
+                                   "freed by the first backward; pass retain_graph=True to the first call")
         grads = {id(self): grad}
         for position, tensor in enumerate(order):      # outputs first, leaves last
             order[position] = None                     # let each intermediate array go as soon as it is used
@@ -144,9 +148,6 @@ class Tensor:
                 tensor.grad = g.copy() if tensor.grad is None else _accumulate(tensor.grad, g)
                 continue
             function, ctx, inputs = tensor._node
-            if ctx.freed:
-                raise RuntimeError(f"backward through {function.__name__} a second time: its saved arrays were freed "
-                                   "by the first backward; pass retain_graph=True to the first call")
             input_grads = function.backward(ctx, g)
             input_grads = tuple(input_grads) if isinstance(input_grads, (tuple, list)) else (input_grads,)
             if len(input_grads) != len(inputs):

@@ -23,7 +23,8 @@ import os
 import time
 
 from autograd import backend
-from minattn import Adam, Tensor, Transformer, WarmupSchedule, clip_grad_norm_, manual_seed, no_grad, tasks
+from minattn import (Adam, Tensor, Transformer, WarmupSchedule, checkpoint, clip_grad_norm_, manual_seed, no_grad,
+                     tasks)
 from minattn import functional as F
 from minattn.transformer import ATTENTIONS
 from demos.cli import positive_int
@@ -61,6 +62,11 @@ def parse_args(argv=None):
     p.add_argument("--eval-size", type=positive_int, default=1000, help="held-out sequences for the final evaluation")
     p.add_argument("--out", default="runs/copy_task", help="folder for the plots and metrics.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
+                   help="write --out/checkpoint.npz every N steps and at the last one (atomically)")
+    p.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue from a checkpoint: model, optimizer, schedule, data and dropout streams restored, "
+                        "so on NumPy the losses equal an uninterrupted run's bit for bit; --steps is the total")
     args = p.parse_args(argv)
     talking = args.num_heads_qk is not None or args.num_heads_v is not None or args.talking_heads_bias
     if talking and args.attention != "talking-heads":
@@ -99,8 +105,13 @@ def train(model, args, progress=True, callback=None):
     rng = backend.new_host_rng([args.seed, 1])   # the training stream (parameters use manual_seed's stream)
     log_every = 10
     steps, losses = [], []
-    start = time.perf_counter()
-    bar = tqdm(range(1, args.steps + 1), disable=not progress, desc=f"training ({backend.BACKEND})", unit="step")
+    first, earlier_seconds = 1, 0.0
+    if getattr(args, "resume", None):
+        first, steps, losses, earlier_seconds = resume(args.resume, model, optimizer, schedule, rng, args)
+    every = getattr(args, "checkpoint_every", None)
+    start = time.perf_counter() - earlier_seconds
+    bar = tqdm(range(first, args.steps + 1), disable=not progress, desc=f"training ({backend.BACKEND})", unit="step",
+               initial=first - 1, total=args.steps)
     for step in bar:
         src, lens, tgt_in, tgt_out = to_device(tasks.make_batch(rng, args.batch_size, args.vocab_size,
                                                                  args.min_len, args.max_len, args.task))
@@ -115,11 +126,56 @@ def train(model, args, progress=True, callback=None):
             steps.append(step)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{optimizer.lr:.2e}")
+        if every is not None and (step % every == 0 or step == args.steps):   # not timed, like the callback
+            paused = time.perf_counter()
+            save_checkpoint(model, optimizer, schedule, rng, args, step, steps, losses, paused - start)
+            start += time.perf_counter() - paused
         if callback is not None:
             paused = time.perf_counter()
             callback(step)
             start += time.perf_counter() - paused
     return steps, losses, time.perf_counter() - start
+
+
+RUN_OPTIONS = ("steps", "eval_size", "out", "no_progress", "checkpoint_every", "resume")
+"""Options that may change between a run and its resumption; every other option must be the checkpoint's."""
+
+
+def save_checkpoint(model, optimizer, schedule, rng, args, step, steps, losses, seconds):
+    """Write --out/checkpoint.npz: everything ``resume`` needs to continue exactly after ``step``.
+
+    Besides the model and Adam's state: the schedule's step, the data stream's state (a NumPy Generator's
+    ``bit_generator.state``, a dict of ints: stored as JSON), autograd's random streams (dropout masks), the
+    configuration, the loss curve so far and the training seconds.
+    """
+    os.makedirs(args.out, exist_ok=True)
+    config = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
+    return checkpoint.save(os.path.join(args.out, "checkpoint.npz"), model, optimizer, step=step,
+                           schedule_t=schedule.t, data_rng=rng.bit_generator.state, rng=checkpoint.rng_state(),
+                           config=config, loss_curve={"step": steps, "loss": losses}, train_seconds=seconds)
+
+
+def resume(path, model, optimizer, schedule, rng, args):
+    """Restore a run from the checkpoint at ``path``; returns (first step to run, steps, losses, seconds so far).
+
+    The checkpoint's configuration must equal this run's (except RUN_OPTIONS): ValueError naming each option that
+    differs, or if the checkpoint is already past --steps. Checked before the model is touched.
+    """
+    extra = checkpoint.read_extra(path)
+    now = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
+    saved = extra.get("config", {})
+    differ = [f"--{k.replace('_', '-')}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}"
+              for k in sorted(set(now) | set(saved)) if saved.get(k) != now.get(k)]
+    if differ:
+        raise ValueError(f"--resume {path}: the checkpoint was trained with other options: " + "; ".join(differ))
+    if extra["step"] > args.steps:
+        raise ValueError(f"--resume {path}: the checkpoint is at step {extra['step']}, past --steps {args.steps}")
+    checkpoint.load(path, model, optimizer)
+    schedule.t = extra["schedule_t"]
+    rng.bit_generator.state = extra["data_rng"]
+    checkpoint.set_rng_state(extra["rng"])
+    curve = extra["loss_curve"]
+    return extra["step"] + 1, list(curve["step"]), list(curve["loss"]), extra["train_seconds"]
 
 
 def evaluate(model, args, batch_size=250, eval_size=None):

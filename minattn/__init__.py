@@ -13,8 +13,9 @@ from minattn.additive import AdditiveAttention
 from minattn.talking_heads import TalkingHeadsAttention
 from minattn.transformer import Transformer
 from minattn.optim import SGD, Adam, WarmupSchedule, clip_grad_norm_
+from minattn.checkpoint import save, load
 
 __all__ = ["Tensor", "no_grad", "manual_seed", "to_numpy", "asarray", "BACKEND", "functional", "Module", "Parameter",
            "ModuleList", "Linear", "Embedding", "LayerNorm", "Dropout", "PositionalEncoding", "PositionWiseFFN",
            "MultiHeadAttention", "AdditiveAttention", "TalkingHeadsAttention", "Transformer", "SGD", "Adam",
-           "WarmupSchedule", "clip_grad_norm_"]
+           "WarmupSchedule", "clip_grad_norm_", "save", "load"]

@@ -47,9 +47,18 @@ def linear(x, weight, bias=None):
     return LinearFunction.apply(x, weight, *([bias] if bias is not None else []))
 
 
+def _check_axis(x, axis):
+    if not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis {axis!r} is out of range for x of shape {x.shape}")
+
+
 def softmax(x, axis=-1):
-    """Softmax over ``axis``: P = exp(x − max) / Σ exp(x − max). Fused (see ``SoftmaxFunction``)."""
+    """Softmax over ``axis``: P = exp(x − max) / Σ exp(x − max). Fused (see ``SoftmaxFunction``).
+
+    Raises ValueError for an axis x does not have.
+    """
     _check_float(x, "x")
+    _check_axis(x, axis)
     return SoftmaxFunction.apply(x, axis=axis)
 
 
@@ -59,6 +68,7 @@ def log_softmax(x, axis=-1):
     Composed from engine primitives (sub, exp, sum, log); stable for logits of any size.
     """
     _check_float(x, "x")
+    _check_axis(x, axis)
     shifted = x - x.data.max(axis=axis, keepdims=True)
     return shifted - ops.log(ops.exp(shifted).sum(axis=axis, keepdims=True))
 
@@ -131,13 +141,22 @@ def embedding(ids, weight):
     the sum of k gradients). Raises TypeError for non-integer ids and ValueError for an id outside
     [0, num_embeddings) — CuPy would silently wrap it.
     """
+    ids = check_ids(ids, weight.shape[0], "embedding ids")
+    return ops.getitem(weight, ids)
+
+
+def check_ids(ids, num_embeddings, name):
+    """``ids`` as a backend integer array, after checking every id lies in [0, num_embeddings).
+
+    Raises TypeError for non-integer ids, ValueError naming ``name`` for an id out of range (CuPy would wrap it).
+    """
     ids = as_data(ids)
     if ids.dtype.kind not in "iu":
-        raise TypeError(f"embedding ids must be integers, got dtype {ids.dtype}")
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
-        raise ValueError(f"embedding ids must lie in [0, {weight.shape[0]}); "
+        raise TypeError(f"{name} must be integers, got dtype {ids.dtype}")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_embeddings):
+        raise ValueError(f"{name} must lie in [0, {num_embeddings}); "
                          f"got values in [{int(ids.min())}, {int(ids.max())}]")
-    return ops.getitem(weight, ids)
+    return ids
 
 
 def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"):

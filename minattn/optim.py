@@ -2,18 +2,34 @@
 
 Each optimizer updates ``Parameter.data`` in place from ``Parameter.grad`` under the rules PyTorch documents for
 ``torch.optim.SGD`` and ``torch.optim.Adam``; a parameter whose grad is None is skipped.
+
+``state_dict()`` / ``load_state_dict()`` save and restore what an optimizer has learned (SGD's velocity, Adam's m, v,
+the step count, the learning rate and the hyperparameters) so that a run resumed from a checkpoint continues exactly;
+``minattn.checkpoint`` writes them to disk with the model.
 """
+import numbers
+
+from autograd import backend
 from autograd.backend import xp
+from autograd.tensor import Tensor, as_data
 
 
 class Optimizer:
     """Holds the parameter list and the learning rate; ``zero_grad()`` clears the gradients."""
 
     def __init__(self, params, lr):
+        if isinstance(params, Tensor):
+            raise TypeError("params must be an iterable of Tensors (e.g. model.parameters()), got a Tensor")
         self.params = list(params)
         if not self.params:
             raise ValueError("optimizer got an empty parameter list")
-        if lr < 0:
+        seen = {}
+        for position, p in enumerate(self.params):
+            if id(p) in seen:
+                raise ValueError(f"the parameter at position {position} appears more than once (first at "
+                                 f"{seen[id(p)]}): it would be updated twice per step")
+            seen[id(p)] = position
+        if not lr >= 0:   # also refuses NaN
             raise ValueError(f"learning rate must be >= 0, got {lr}")
         self.lr = lr
         self.step_count = 0
@@ -27,12 +43,114 @@ class Optimizer:
         """Apply one update from the current gradients."""
         raise NotImplementedError
 
+    # --- state, for checkpoints --------------------------------------------------------------------------------------
+    hyperparameters = ()
+    """Names of the attributes saved with the state besides lr (each subclass lists its own)."""
+    buffers = ()
+    """Names of the per-parameter state lists (one array, or None, per parameter, in the order of ``params``)."""
+    optional_buffers = ()
+    """Buffers whose entries may be None (SGD's velocity before a parameter's first momentum step)."""
+
+    def state_dict(self):
+        """What this optimizer needs to continue exactly where it stands, as plain host data.
+
+        Returns {"type": class name, "lr": float, "step_count": int, each hyperparameter, each buffer: [host NumPy
+        copy, or None, per parameter]} — e.g. Adam: {"type": "Adam", "lr", "step_count", "betas", "eps",
+        "weight_decay", "m": [...], "v": [...]}. The parameters themselves are not included (``Module.state_dict``
+        holds them); the buffers follow the order of ``params``, as PyTorch's optimizer state does.
+        """
+        state = {"type": type(self).__name__, "lr": float(self.lr), "step_count": int(self.step_count)}
+        for name in self.hyperparameters:
+            value = getattr(self, name)
+            state[name] = list(value) if isinstance(value, tuple) else value
+        for name in self.buffers:
+            state[name] = [None if a is None else backend.to_numpy(a).copy() for a in getattr(self, name)]
+        return state
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned (the saved lr and hyperparameters win, as in PyTorch).
+
+        Everything is checked before anything is written: KeyError for missing or unexpected keys; ValueError, listing
+        every problem, for another optimizer type, another number of parameters, a buffer array whose shape or dtype
+        is not its parameter's, or a bad lr, step count or hyperparameter. On error the optimizer is left unchanged.
+        """
+        for name, value in self._checked_state(state).items():
+            setattr(self, name, value)
+
+    def _checked_state(self, state):
+        """{attribute: value} to set from ``state``, every value checked and copied to the backend; raises if bad."""
+        if not isinstance(state, dict):
+            raise TypeError(f"load_state_dict: state must be a dict (from state_dict()), got {type(state).__name__}")
+        if "type" in state and state["type"] != type(self).__name__:
+            raise ValueError(f"load_state_dict: the state is from {state['type']}, this optimizer is "
+                             f"{type(self).__name__}")
+        expected = {"type", "lr", "step_count", *self.hyperparameters, *self.buffers}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+        problems, out = [], {}
+        lr, step_count = state["lr"], state["step_count"]
+        if not _is_real(lr) or not lr >= 0:
+            problems.append(f"lr: expected a number >= 0, got {lr!r}")
+        if not isinstance(step_count, numbers.Integral) or isinstance(step_count, bool) or step_count < 0:
+            problems.append(f"step_count: expected an int >= 0, got {step_count!r}")
+        out["lr"] = float(lr) if _is_real(lr) else lr
+        out["step_count"] = int(step_count) if isinstance(step_count, numbers.Integral) else step_count
+        for name in self.hyperparameters:
+            value, problem = self._check_hyperparameter(name, state[name])
+            if problem:
+                problems.append(f"{name}: {problem}, got {state[name]!r}")
+            out[name] = value
+        for name in self.buffers:
+            arrays = state[name]
+            if not isinstance(arrays, (list, tuple)) or len(arrays) != len(self.params):
+                count = len(arrays) if isinstance(arrays, (list, tuple)) else type(arrays).__name__
+                problems.append(f"{name}: expected a list of {len(self.params)} arrays (one per parameter), "
+                                f"got {count}")
+                continue
+            out[name] = []
+            for i, (p, a) in enumerate(zip(self.params, arrays)):
+                if a is None:
+                    if name not in self.optional_buffers:
+                        problems.append(f"{name}[{i}]: expected an array of {p.shape} {p.dtype}, got None")
+                    out[name].append(None)
+                    continue
+                try:
+                    a = as_data(a)
+                except (TypeError, ValueError) as err:
+                    problems.append(f"{name}[{i}]: {err}")
+                    continue
+                if a.shape != p.shape or a.dtype != p.dtype:
+                    problems.append(f"{name}[{i}]: expected {p.shape} {p.dtype} (its parameter's), got {a.shape} "
+                                    f"{a.dtype}")
+                out[name].append(a.copy())   # never share an array with the caller's state
+        if problems:
+            raise ValueError(f"load_state_dict ({type(self).__name__}): " + "; ".join(problems))
+        return out
+
+    def _check_hyperparameter(self, name, value):
+        """(value to set, None) or (None, what is wrong); subclasses check their own hyperparameters."""
+        if _is_real(value) and value >= 0:
+            return value, None
+        return None, "expected a number >= 0"
+
+
+def _is_real(value):
+    """A real number that is not a bool (True would pass as 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum and weight decay (PyTorch's formulation).
 
         g ← grad + λ θ;   v ← μ v + g (v = g at the first step);   θ ← θ − lr · v   (Nesterov: θ ← θ − lr (g + μ v))
+
+    State (``state_dict``): ``velocity`` v, one array per parameter (None until its first momentum step).
     """
+
+    hyperparameters = ("momentum", "weight_decay", "nesterov")
+    buffers = ("velocity",)
+    optional_buffers = ("velocity",)
 
     def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0, nesterov=False):
         super().__init__(params, lr)
@@ -56,14 +174,27 @@ class SGD(Optimizer):
                 g = g + self.momentum * v if self.nesterov else v
             p.data -= self.lr * g
 
+    def _check_hyperparameter(self, name, value):
+        if name == "nesterov":
+            return (value, None) if isinstance(value, bool) else (None, "expected True or False")
+        return super()._check_hyperparameter(name, value)
+
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) with bias correction; ``weight_decay`` adds λθ to the gradient (L2, not AdamW).
 
         m ← β₁ m + (1 − β₁) g;   v ← β₂ v + (1 − β₂) g²;   θ ← θ − lr · (m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε)
+
+    State (``state_dict``): ``m``, ``v`` (one array per parameter) and ``step_count`` t, which the bias corrections
+    read — all three must be restored for a resumed run to take the same steps.
     """
 
+    hyperparameters = ("betas", "eps", "weight_decay")
+    buffers = ("m", "v")
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"Adam betas must be two numbers in [0, 1), got {betas}")
         super().__init__(params, lr)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.m = [xp.zeros_like(p.data) for p in self.params]
@@ -85,6 +216,13 @@ class Adam(Optimizer):
             v *= beta2
             v += (1 - beta2) * (g * g)
             p.data -= step_size * m / (xp.sqrt(v / correction2) + self.eps)
+
+    def _check_hyperparameter(self, name, value):
+        if name == "betas":
+            ok = (isinstance(value, (list, tuple)) and len(value) == 2
+                  and all(_is_real(b) and 0 <= b < 1 for b in value))
+            return (tuple(float(b) for b in value), None) if ok else (None, "expected two numbers in [0, 1)")
+        return super()._check_hyperparameter(name, value)
 
 
 class WarmupSchedule:

@@ -14,6 +14,7 @@ from autograd.tensor import Tensor, no_grad
 from minattn.attention import MultiHeadAttention
 from minattn.talking_heads import TalkingHeadsAttention
 from minattn.layers import Dropout, Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN
+from minattn import functional as F
 from minattn.module import Module, ModuleList
 
 
@@ -112,6 +113,8 @@ class Transformer(Module):
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        if num_heads <= 0 or embed_dim % num_heads != 0:   # before any parameter is drawn from the seeded stream
+            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
         self.embed_dim = embed_dim
         self.src_embedding = Embedding(src_vocab_size, embed_dim, dtype=dtype)
         self.tgt_embedding = Embedding(tgt_vocab_size, embed_dim, dtype=dtype)
@@ -141,7 +144,13 @@ class Transformer(Module):
         return self.output(y)                                         # (B, T, V)
 
     def forward(self, src, tgt_in, src_valid_lens=None):
-        """Teacher forcing: logits (B, T, V) for every position of ``tgt_in`` at once."""
+        """Teacher forcing: logits (B, T, V) for every position of ``tgt_in`` at once.
+
+        Both id arrays are checked against their vocabularies first, so a bad target id fails before the encoder
+        runs (no dropout drawn, no attention weights replaced).
+        """
+        F.check_ids(src, self.src_embedding.num_embeddings, "src")
+        F.check_ids(tgt_in, self.tgt_embedding.num_embeddings, "tgt_in")
         return self.decode(tgt_in, self.encode(src, src_valid_lens), src_valid_lens)
 
     def greedy_decode(self, src, src_valid_lens, bos_id, eos_id, max_len, pad_id=0):
