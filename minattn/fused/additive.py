@@ -43,7 +43,7 @@ class AdditiveAttentionFunction(Function):
     def forward(ctx, qp, kp, w_v, v, mask=None, bias=None, keep=None):
         features = xp.tanh(qp[..., :, None, :] + kp[..., None, :, :])   # F: (..., L, S, H)
         scores = features @ w_v                                          # A: (..., L, S)
-        p = masked_softmax_forward(scores, mask, bias)                   # P: (..., L, S)
+        p = masked_softmax_forward(scores, mask, bias, overwrite=True)   # P: (..., L, S), in the scores' memory
         p_used = p * keep if keep is not None else p                     # (..., L, S)
         ctx.save_for_backward(features, w_v, v, p, keep)
         ctx.qp_shape, ctx.kp_shape, ctx.scores_shape = qp.shape, kp.shape, scores.shape
@@ -60,7 +60,7 @@ class AdditiveAttentionFunction(Function):
         dp = grad_o @ v.swapaxes(-1, -2)                                 # (..., L, S)
         if keep is not None:
             dp = dp * keep                                               # (..., L, S)
-        ds = sum_to(softmax_backward(p, dp), ctx.scores_shape)           # dA: (..., L, S)
+        ds = sum_to(softmax_backward(p, dp, overwrite=True), ctx.scores_shape)   # dA: (..., L, S)
         dw_v = xp.tensordot(ds, features, axes=ds.ndim) if needs[2] else None   # (H,): Σ over (..., L, S)
         dz = ds[..., None] * w_v * (1 - features * features)             # dZ: (..., L, S, H)
         dqp = sum_to(dz.sum(axis=-2), ctx.qp_shape) if needs[0] else None        # (..., L, H): Σ over keys

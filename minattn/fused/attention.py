@@ -28,7 +28,7 @@ class ScaledDotProductAttentionFunction(Function):
     def forward(ctx, q, k, v, mask=None, bias=None, scale=1.0, keep=None):
         q_scaled = q * q.dtype.type(scale)                             # (..., L, E)
         scores = q_scaled @ k.swapaxes(-1, -2)                         # (..., L, S)
-        p = masked_softmax_forward(scores, mask, bias)                 # (..., L, S)
+        p = masked_softmax_forward(scores, mask, bias, overwrite=True)  # (..., L, S), in the scores' memory
         p_used = p * keep if keep is not None else p                   # (..., L, S)
         ctx.save_for_backward(q_scaled, k, v, p, keep)
         ctx.scale, ctx.q_shape = scale, q.shape
@@ -42,7 +42,7 @@ class ScaledDotProductAttentionFunction(Function):
         dp = grad_o @ v.swapaxes(-1, -2)                               # (..., L, S)
         if keep is not None:
             dp = dp * keep                                             # (..., L, S)
-        ds = softmax_backward(p, dp)                                   # (..., L, S)
+        ds = softmax_backward(p, dp, overwrite=True)                   # (..., L, S), in dp's memory
         dq = sum_to((ds @ k) * q_scaled.dtype.type(ctx.scale), ctx.q_shape)   # (..., L, E)
         dk = sum_to(ds.swapaxes(-1, -2) @ q_scaled, k.shape)           # (..., S, E)
         return dq, dk, dv

@@ -5,30 +5,56 @@ from autograd.function import Function
 from autograd.tensor import Tensor
 
 
-def masked_softmax_forward(scores, mask=None, bias=None, axis=-1):
+def masked_softmax_forward(scores, mask=None, bias=None, axis=-1, overwrite=False):
     """Array softmax of ``scores + bias`` over ``axis`` with entries where ``mask`` is False excluded.
 
     Masked scores become -inf BEFORE the max is subtracted, so they get weight exactly 0. A row with every entry
     masked has max -inf; we subtract 0 there instead (never -inf - -inf = NaN) and divide by 1 instead of 0, so the
     row's weights are all 0: it attends to nothing. (d2l fills with -1e6 instead, which makes such a row uniform:
     it silently attends to padding. PyTorch's SDPA has returned zeros here since 2024.)
+
+    ``overwrite=True`` lets the function compute in ``scores``' own memory (the caller made it and needs it no
+    more): four passes over the (..., L, S) array and no new one of that size, instead of four new arrays.
     """
     if scores.shape[axis] == 0:                                       # no keys at all: nothing to weigh
         return xp.zeros(scores.shape, dtype=scores.dtype)
     if bias is not None:
-        scores = scores + bias                                        # (..., L, S)
+        if overwrite and _fits(bias.shape, scores.shape):
+            scores += bias                                            # (..., L, S), in place
+        else:
+            scores, overwrite = scores + bias, True                   # (..., L, S), a new array we own
     if mask is not None:
-        scores = xp.where(mask, scores, -xp.inf)                      # (..., L, S)
+        if overwrite and _fits(mask.shape, scores.shape):
+            xp.copyto(scores, -xp.inf, where=~mask)                   # (..., L, S), in place
+        else:
+            scores, overwrite = xp.where(mask, scores, -xp.inf), True  # (..., L, S)
     m = scores.max(axis=axis, keepdims=True)                          # (..., L, 1)
     m = xp.where(xp.isfinite(m), m, 0)                                # fully masked rows: shift by 0
-    e = xp.exp(scores - m)                                            # (..., L, S), 0 where masked
+    e = scores if overwrite else xp.empty_like(scores)                # (..., L, S)
+    xp.subtract(scores, m, out=e)
+    xp.exp(e, out=e)                                                  # 0 where masked
     z = e.sum(axis=axis, keepdims=True)                               # (..., L, 1)
-    return e / xp.where(z == 0, 1, z)                                 # (..., L, S)
+    e /= xp.where(z == 0, 1, z)                                       # (..., L, S)
+    return e
 
 
-def softmax_backward(p, grad_p, axis=-1):
-    """dS = P ∘ (dP − Σ_axis(dP ∘ P)), the vector-Jacobian product of softmax (see SoftmaxFunction)."""
-    return p * (grad_p - (grad_p * p).sum(axis=axis, keepdims=True))
+def _fits(shape, target):
+    """True if an array of ``shape`` broadcasts to ``target`` without enlarging it (so in-place ops work)."""
+    return len(shape) <= len(target) and all(a in (1, b) for a, b in zip(shape[::-1], target[::-1]))
+
+
+def softmax_backward(p, grad_p, axis=-1, overwrite=False):
+    """dS = P ∘ (dP − Σ_axis(dP ∘ P)), the vector-Jacobian product of softmax (see SoftmaxFunction).
+
+    ``overwrite=True`` computes dS in ``grad_p``'s memory — only for a dP the caller made itself, never for the
+    gradient the engine passed in (it may reach other inputs too).
+    """
+    row = (grad_p * p).sum(axis=axis, keepdims=True)                  # (..., L, 1)
+    if not overwrite:
+        return p * (grad_p - row)
+    grad_p -= row
+    grad_p *= p
+    return grad_p
 
 
 class SoftmaxFunction(Function):

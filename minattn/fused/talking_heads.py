@@ -66,7 +66,7 @@ class TalkingHeadsFunction(Function):
         mixed = mix_heads(w_l, logits)                                       # A: (..., h, L, S)
         if proj_biases:
             mixed += proj_biases[0][:, None, None]                           # + b_l
-        weights = masked_softmax_forward(mixed, mask, attn_bias)             # W: (..., h, L, S)
+        weights = masked_softmax_forward(mixed, mask, attn_bias, overwrite=True)   # W: (..., h, L, S)
         value_weights = mix_heads(w_w, weights)                              # U: (..., h_v, L, S)
         if proj_biases:
             value_weights += proj_biases[1][:, None, None]                   # + b_w
@@ -88,7 +88,7 @@ class TalkingHeadsFunction(Function):
         if post_mask is not None:
             d_u = xp.where(post_mask, d_u, 0)                                # the re-mask passes no gradient
         d_w_w, d_weights = mix_heads_backward(w_w, weights, d_u)             # (h_v, h), (..., h, L, S)
-        d_mixed = softmax_backward(weights, d_weights)                       # dA: (..., h, L, S)
+        d_mixed = softmax_backward(weights, d_weights, overwrite=True)       # dA: (..., h, L, S)
         d_w_l, d_logits = mix_heads_backward(w_l, logits, d_mixed)           # (h, h_k), (..., h_k, L, S)
         dq = sum_to((d_logits @ k) * q_scaled.dtype.type(ctx.scale), ctx.q_shape)   # (..., h_k, L, d_k)
         dk = sum_to(d_logits.swapaxes(-1, -2) @ q_scaled, k.shape)           # (..., h_k, S, d_k)
