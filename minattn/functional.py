@@ -196,6 +196,22 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduct
     return loss.reshape(out_shape) if reduction == "none" else loss
 
 
+def _check_qkv(query, key, value):
+    """Validate (..., L, E), (..., S, E), (..., S, Ev) float tensors of one dtype; return (batch shape, L, S)."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _check_float(t, name)
+        if t.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 axes (..., length, features); got shape {t.shape}")
+        if t.dtype != query.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}")
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(f"query {query.shape} and key {key.shape} must share the last axis E")
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(f"key {key.shape} and value {value.shape} must share the length axis S")
+    batch = masks.broadcast_shape(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    return batch, query.shape[-2], key.shape[-2]
+
+
 def scaled_dot_product_attention(query, key, value, attn_mask=None, *, is_causal=False, scale=None, dropout_p=0.0,
                                  need_weights=False):
     """softmax(Q Kᵀ · scale + mask) V, with PyTorch's semantics (``torch.nn.functional.scaled_dot_product_attention``).
@@ -220,18 +236,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, *, is_causal
     """
     if not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        _check_float(t, name)
-        if t.ndim < 2:
-            raise ValueError(f"{name} must have at least 2 axes (..., length, features); got shape {t.shape}")
-        if t.dtype != query.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}")
-    if query.shape[-1] != key.shape[-1]:
-        raise ValueError(f"query {query.shape} and key {key.shape} must share the last axis E")
-    if key.shape[-2] != value.shape[-2]:
-        raise ValueError(f"key {key.shape} and value {value.shape} must share the length axis S")
-    batch = masks.broadcast_shape(query.shape[:-2], key.shape[:-2], value.shape[:-2])
-    num_queries, num_keys = query.shape[-2], key.shape[-2]
+    batch, num_queries, num_keys = _check_qkv(query, key, value)
     mask, bias = masks.split_attn_mask(attn_mask, is_causal, num_queries, num_keys, query.dtype)
     masks.check_batch_broadcast(mask if mask is not None else bias, batch + (num_queries, num_keys), "attn_mask")
     return attention(query, key, value, mask, bias, scale, dropout_p, need_weights)
@@ -283,18 +288,7 @@ def flash_attention(query, key, value, attn_mask=None, *, is_causal=False, scale
     if dropout_p != 0:
         raise ValueError(f"flash_attention does not support dropout (got dropout_p={dropout_p}); "
                          "use scaled_dot_product_attention for attention dropout")
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        _check_float(t, name)
-        if t.ndim < 2:
-            raise ValueError(f"{name} must have at least 2 axes (..., length, features); got shape {t.shape}")
-        if t.dtype != query.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}")
-    if query.shape[-1] != key.shape[-1]:
-        raise ValueError(f"query {query.shape} and key {key.shape} must share the last axis E")
-    if key.shape[-2] != value.shape[-2]:
-        raise ValueError(f"key {key.shape} and value {value.shape} must share the length axis S")
-    batch = masks.broadcast_shape(query.shape[:-2], key.shape[:-2], value.shape[:-2])
-    num_queries, num_keys = query.shape[-2], key.shape[-2]
+    batch, num_queries, num_keys = _check_qkv(query, key, value)
     # is_causal is applied per tile by FlashAttentionFunction, so no (L, S) causal mask is built here; it reaches
     # split_attn_mask only together with an attn_mask, where split_attn_mask raises (not both).
     mask, bias = masks.split_attn_mask(attn_mask, is_causal and attn_mask is not None, num_queries, num_keys,
