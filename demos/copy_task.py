@@ -30,6 +30,10 @@ from minattn.transformer import ATTENTIONS
 from demos.cli import positive_int
 
 
+LOG_EVERY = 10
+"""Steps between two points of the loss curve."""
+
+
 def parse_args(argv=None):
     """The command line (see --help)."""
     p = argparse.ArgumentParser(prog="python -m demos.copy_task", description=__doc__.split("\n\n")[0],
@@ -103,7 +107,6 @@ def train(model, args, progress=True, callback=None):
     optimizer = Adam(model.parameters(), betas=(0.9, 0.98), eps=1e-9)
     schedule = WarmupSchedule(optimizer, args.embed_dim, args.warmup, args.lr_factor)
     rng = backend.new_host_rng([args.seed, 1])   # the training stream (parameters use manual_seed's stream)
-    log_every = 10
     steps, losses = [], []
     first, earlier_seconds = 1, 0.0
     if getattr(args, "resume", None):
@@ -122,7 +125,7 @@ def train(model, args, progress=True, callback=None):
         clip_grad_norm_(model.parameters(), args.clip)
         schedule.step()
         optimizer.step()
-        if step % log_every == 0 or step == args.steps:   # read the loss (a device sync on CuPy) every 10 steps
+        if step % LOG_EVERY == 0 or step == args.steps:   # read the loss (a device sync on CuPy) every 10 steps
             steps.append(step)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{optimizer.lr:.2e}")
@@ -170,12 +173,17 @@ def resume(path, model, optimizer, schedule, rng, args):
         raise ValueError(f"--resume {path}: the checkpoint was trained with other options: " + "; ".join(differ))
     if extra["step"] > args.steps:
         raise ValueError(f"--resume {path}: the checkpoint is at step {extra['step']}, past --steps {args.steps}")
-    checkpoint.load(path, model, optimizer)
+    loaded = checkpoint.load(path, model, optimizer)
+    if (loaded["step"], loaded.get("config")) != (extra["step"], saved):   # a file replaced between the two reads
+        raise ValueError(f"--resume {path}: the checkpoint changed while it was being read (a run still writing it?)")
     schedule.t = extra["schedule_t"]
     rng.bit_generator.state = extra["data_rng"]
     checkpoint.set_rng_state(extra["rng"])
-    curve = extra["loss_curve"]
-    return extra["step"] + 1, list(curve["step"]), list(curve["loss"]), extra["train_seconds"]
+    steps, losses = list(extra["loss_curve"]["step"]), list(extra["loss_curve"]["loss"])
+    if steps and steps[-1] % LOG_EVERY:   # the stopped run logged its last step off the 10-step grid: drop it, so
+        steps.pop()                       # the resumed curve is the uninterrupted run's
+        losses.pop()
+    return extra["step"] + 1, steps, losses, extra["train_seconds"]
 
 
 def evaluate(model, args, batch_size=250, eval_size=None):

@@ -157,11 +157,11 @@ def load(path, model, optimizer=None):
     extra = _extra(path, arrays)
     model_state = {name[len("model/"):]: a for name, a in arrays.items() if name.startswith("model/")}
     _check_model_fits(path, model, model_state)     # first, so a misfit is reported by parameter name
-    optimizer_state = _optimizer_state(path, arrays, model, optimizer) if optimizer is not None else None
     try:
+        optimizer_state = _optimizer_state(path, arrays, model, optimizer) if optimizer is not None else None
         checked = optimizer._checked_state(optimizer_state) if optimizer is not None else None
         model.load_state_dict(model_state)          # checks every name, shape and dtype before writing any
-    except (KeyError, TypeError, ValueError) as err:
+    except (AttributeError, KeyError, TypeError, ValueError) as err:   # a damaged file's metadata included
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         raise ValueError(f"{path}: the checkpoint does not fit: {message}") from err
     if optimizer is not None:

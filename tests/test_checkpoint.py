@@ -445,3 +445,24 @@ def test_a_pickled_object_array_is_refused_without_running_it(saved, tmp_path):
     EXECUTED.clear()
     assert_load_refused(evil, model, opt, r"truncated or corrupt.*allow_pickle|pickled")
     assert EXECUTED == []
+
+
+def test_damaged_optimizer_metadata_is_a_value_error_naming_the_path(tmp_path):
+    """A file that passes the format check but whose optimizer JSON is malformed: ValueError, nothing changed."""
+    from minattn import Adam, Linear, load, save
+    manual_seed(0)
+    model = Linear(2, 2)
+    optimizer = Adam(model.parameters())
+    path = tmp_path / "damaged.npz"
+    save(path, model, optimizer)
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays["optimizer/state"]))
+    meta["buffers"] = [1]
+    arrays["optimizer/state"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    before = {n: p.numpy().copy() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=str(path).replace("\\", "\\\\")[:20]):
+        load(path, model, optimizer)
+    for n, p in model.named_parameters():
+        np.testing.assert_array_equal(p.numpy(), before[n])
