@@ -95,12 +95,18 @@ def combine(*masks):
     return out
 
 
+def broadcasts_to(shape, target):
+    """True if an array of ``shape`` broadcasts to ``target`` without enlarging it (so it can also be applied in
+    place to an array of ``target``'s shape)."""
+    return len(shape) <= len(target) and all(a in (1, b) for a, b in zip(shape[::-1], target[::-1]))
+
+
 def check_batch_broadcast(array, scores_shape, name):
     """ValueError naming ``name`` if ``array``'s shape does not broadcast to ``scores_shape``."""
     if array is None:
         return
     shape = array.shape
-    if len(shape) > len(scores_shape) or any(a not in (1, b) for a, b in zip(shape[::-1], scores_shape[::-1])):
+    if not broadcasts_to(shape, scores_shape):
         raise ValueError(f"{name} of shape {shape} does not broadcast to the scores' shape {scores_shape}")
 
 

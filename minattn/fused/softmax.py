@@ -3,6 +3,7 @@ from autograd import ops
 from autograd.backend import xp
 from autograd.function import Function
 from autograd.tensor import Tensor
+from minattn.masks import broadcasts_to
 
 
 def masked_softmax_forward(scores, mask=None, bias=None, axis=-1, overwrite=False):
@@ -19,12 +20,12 @@ def masked_softmax_forward(scores, mask=None, bias=None, axis=-1, overwrite=Fals
     if scores.shape[axis] == 0:                                       # no keys at all: nothing to weigh
         return xp.zeros(scores.shape, dtype=scores.dtype)
     if bias is not None:
-        if overwrite and _fits(bias.shape, scores.shape):
+        if overwrite and broadcasts_to(bias.shape, scores.shape):
             scores += bias                                            # (..., L, S), in place
         else:
             scores, overwrite = scores + bias, True                   # (..., L, S), a new array we own
     if mask is not None:
-        if overwrite and _fits(mask.shape, scores.shape):
+        if overwrite and broadcasts_to(mask.shape, scores.shape):
             xp.copyto(scores, -xp.inf, where=~mask)                   # (..., L, S), in place
         else:
             scores, overwrite = xp.where(mask, scores, -xp.inf), True  # (..., L, S)
@@ -36,11 +37,6 @@ def masked_softmax_forward(scores, mask=None, bias=None, axis=-1, overwrite=Fals
     z = e.sum(axis=axis, keepdims=True)                               # (..., L, 1)
     e /= xp.where(z == 0, 1, z)                                       # (..., L, S)
     return e
-
-
-def _fits(shape, target):
-    """True if an array of ``shape`` broadcasts to ``target`` without enlarging it (so in-place ops work)."""
-    return len(shape) <= len(target) and all(a in (1, b) for a, b in zip(shape[::-1], target[::-1]))
 
 
 def softmax_backward(p, grad_p, axis=-1, overwrite=False):
