@@ -146,10 +146,9 @@ class Transformer(Module):
     def forward(self, src, tgt_in, src_valid_lens=None):
         """Teacher forcing: logits (B, T, V) for every position of ``tgt_in`` at once.
 
-        Both id arrays are checked against their vocabularies first, so a bad target id fails before the encoder
-        runs (no dropout drawn, no attention weights replaced).
+        The target ids are checked before the encoder runs, so a bad one fails with no dropout drawn and no
+        attention weights replaced (the source ids are checked by the encoder's embedding, its first step).
         """
-        F.check_ids(src, self.src_embedding.num_embeddings, "src")
         F.check_ids(tgt_in, self.tgt_embedding.num_embeddings, "tgt_in")
         return self.decode(tgt_in, self.encode(src, src_valid_lens), src_valid_lens)
 
