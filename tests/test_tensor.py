@@ -354,11 +354,8 @@ def test_function_apply_with_a_constant_input():
     np.testing.assert_allclose(host(a.grad), [3.0, 4.0])
 
 
-class _ForgetsOneGradient(Function):
-    @staticmethod
-    def forward(ctx, a, b):
-        ctx.save_for_backward(a, b)
-        return a * b
+class _ForgetsOneGradient(autograd.ops.Mul):
+    """The engine's Mul forward, with a backward that forgets db."""
 
     @staticmethod
     def backward(ctx, g):
