@@ -465,17 +465,24 @@ def talking_heads_case(draw):
     if draw(st.booleans()):
         arrays += [normal(rng, (h,)), normal(rng, (h_v,))]        # b_l, b_w (timm's CaiT has them)
     full = (b, 1, length_q, length_k)
-    mask = bias = keep = None
+    mask, bias = draw_mask_and_bias(draw, rng, full)
+    keep = None
+    if draw(st.booleans()):
+        keep = dev((rng.random((b, h_v, length_q, length_k)) >= 0.3) / 0.7)
+    scale = 1 / np.sqrt(d)
+    return arrays, mask, bias, keep, scale, requires_some(draw, len(arrays)), draw(SEEDS)
+
+
+def draw_mask_and_bias(draw, rng, full):
+    """Maybe a boolean mask and maybe a float bias with some −inf entries, each broadcastable to ``full``."""
+    mask = bias = None
     if draw(st.booleans()):
         mask = dev(rng.random(reduced_shape(draw, full, min_dims=2)) < draw(st.sampled_from([0.3, 0.7, 1.0])))
     if draw(st.booleans()):
         bias = normal(rng, reduced_shape(draw, full, min_dims=2))
         bias[rng.random(bias.shape) < 0.2] = -np.inf
         bias = dev(bias)
-    if draw(st.booleans()):
-        keep = dev((rng.random((b, h_v, length_q, length_k)) >= 0.3) / 0.7)
-    scale = 1 / np.sqrt(d)
-    return arrays, mask, bias, keep, scale, requires_some(draw, len(arrays)), draw(SEEDS)
+    return mask, bias
 
 
 @COSTLY
@@ -502,13 +509,8 @@ def test_additive_attention_function(data, seed):
     arrays = [normal(rng, batch[0] + (length_q, hidden)), normal(rng, batch[1] + (length_k, hidden)),
               normal(rng, (hidden,)), normal(rng, batch[2] + (length_k, ev))]
     full = mask_lib.broadcast_shape(*batch) + (length_q, length_k)
-    mask = bias = keep = None
-    if draw(st.booleans()):
-        mask = dev(rng.random(reduced_shape(draw, full, min_dims=2)) < draw(st.sampled_from([0.3, 0.7, 1.0])))
-    if draw(st.booleans()):
-        bias = normal(rng, reduced_shape(draw, full, min_dims=2))
-        bias[rng.random(bias.shape) < 0.2] = -np.inf
-        bias = dev(bias)
+    mask, bias = draw_mask_and_bias(draw, rng, full)
+    keep = None
     if draw(st.booleans()):
         keep = dev((rng.random(full) >= 0.3) / 0.7)
     params = dict(mask=mask, bias=bias, keep=keep)
