@@ -80,6 +80,17 @@ def is_foreign_array(a):
     return type(a).__module__.split(".")[0] == "cupy"
 
 
+def read_only(a):
+    """``a`` for a caller to look at but not change: on NumPy a read-only view (no copy; writing to it raises
+    ValueError), on CuPy — whose arrays cannot be marked read-only — a copy. For arrays that a Function saved for its
+    backward and also hands out, such as attention weights: an edit could otherwise corrupt the gradient."""
+    if xp is numpy:
+        view = a.view()
+        view.flags.writeable = False
+        return view
+    return a.copy()
+
+
 def scatter_add(target, indices, values):
     """In place ``target[indices] += values``, where repeated indices ADD (plain ``+=`` would keep only one).
 

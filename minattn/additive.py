@@ -1,6 +1,7 @@
 """Additive attention (Bahdanau et al. 2015), the layer: learned projections around the fused additive core."""
 import numbers
 
+from autograd.backend import read_only
 from autograd.tensor import Tensor
 from minattn import functional as F
 from minattn import masks
@@ -39,7 +40,8 @@ class AdditiveAttention(Module):
     Sublayers (no biases, as in d2l): ``W_q = Linear(query_size, H)``, ``W_k = Linear(key_size, H)``,
         ``w_v = Linear(H, 1)``.
     Shapes: queries (B, L, query_size), keys (B, S, key_size), values (B, S, Ev) → (B, L, Ev).
-        ``attention_weights`` after a call: (B, L, S), before dropout, kept for plotting (a detached copy).
+        ``attention_weights`` after a call: (B, L, S), before dropout, kept for plotting (detached and read-only:
+        ``backend.read_only``).
     Masks: ``valid_lens`` (B,) or (B, L) as d2l's ``masked_softmax``; ``attn_mask`` boolean (True = take part) or
         float (added to the scores), broadcastable to (B, L, S) — or to (B, 1, L, S), the one-head layout of
         ``masks.attention_masks``. A query whose keys are all masked gets weights 0 and output 0 (d2l's −1e6 fill
@@ -88,7 +90,7 @@ class AdditiveAttention(Module):
         w_v = self.w_v.weight.reshape(self.num_hiddens)                   # (1, H) → (H,)
         out, ctx = AdditiveAttentionFunction.apply_with_ctx(qp, kp, w_v, values, mask=mask, bias=bias,
                                                             keep=keep)   # (B, L, Ev)
-        self.attention_weights = Tensor(ctx.saved[3].copy())              # P: (B, L, S), before dropout
+        self.attention_weights = Tensor(read_only(ctx.saved[3]))              # P: (B, L, S), before dropout
         return out                                                        # (B, L, Ev)
 
     def _check(self, queries, keys, values):

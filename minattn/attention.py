@@ -73,7 +73,8 @@ class MultiHeadAttention(Module):
         block_size: rows per tile of the "flash" path (queries and keys alike); ignored by "dense".
     Shapes (batch first):
         query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E)
-        ``attention_weights`` after a call: (B, h, L, S), before dropout, kept for plotting (a detached copy);
+        ``attention_weights`` after a call: (B, h, L, S), before dropout, kept for plotting (detached and read-only:
+        ``backend.read_only``);
         None with attn_impl="flash".
     Computes what PyTorch's ``nn.MultiheadAttention(E, h, batch_first=True)`` computes with
         in_proj_weight = concat(W_q.weight, W_k.weight, W_v.weight) (in that order), in_proj_bias likewise,

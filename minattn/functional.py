@@ -6,7 +6,7 @@ Function from ``minattn/fused/`` whose backward is written by hand.
 import math
 
 from autograd import backend, ops
-from autograd.backend import xp
+from autograd.backend import read_only, xp
 from autograd.tensor import Tensor, as_data
 from minattn import masks
 from minattn.fused.attention import ScaledDotProductAttentionFunction
@@ -223,7 +223,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, *, is_causal
         scale: defaults to 1/√E.
         dropout_p: dropout on the attention weights (applied whenever > 0, as PyTorch's functional form does:
             pass 0.0 in evaluation).
-        need_weights: minattn's addition: also return the attention weights (..., L, S) as a detached tensor.
+        need_weights: minattn's addition: also return the attention weights (..., L, S) as a detached,
+            read-only tensor.
         Everything after attn_mask is keyword-only: PyTorch's positional order is (attn_mask, dropout_p, is_causal,
         scale), so a positional call ported from it fails loudly here instead of meaning something else.
     Returns:
@@ -246,7 +247,8 @@ def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0
     """The unchecked core shared by ``scaled_dot_product_attention`` and the attention layers.
 
     ``mask`` (bool, True = take part) and ``bias`` (float) are arrays already validated by the caller. With
-    ``need_weights`` it also returns a copy of the attention weights (..., L, S) as they were BEFORE dropout.
+    ``need_weights`` it also returns the attention weights (..., L, S) as they were BEFORE dropout, read-only
+    (``backend.read_only``: the very array the backward reads, so no copy and no way to edit it).
     """
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
     keep = None
@@ -256,7 +258,7 @@ def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0
     out, ctx = ScaledDotProductAttentionFunction.apply_with_ctx(query, key, value, mask=mask, bias=bias,
                                                                  scale=scale, keep=keep)          # (..., L, Ev)
     if need_weights:
-        return out, Tensor(ctx.saved[3].copy())                                   # (..., L, Ev), (..., L, S)
+        return out, Tensor(read_only(ctx.saved[3]))                                 # (..., L, Ev), (..., L, S)
     return out
 
 

@@ -1,6 +1,7 @@
 """Talking-heads attention (Shazeer et al. 2020): multi-head attention whose heads talk across the softmax."""
 import math
 
+from autograd.backend import read_only
 from autograd.tensor import Tensor
 from minattn import functional as F
 from minattn import masks
@@ -30,7 +31,7 @@ class TalkingHeadsAttention(Module):
         ``proj_l`` = P_l, a Linear(h_k, h): weight (h, h_k), the paper's P_l[h_k, h] transposed;
         ``proj_w`` = P_w, a Linear(h, h_v): weight (h_v, h). Init: PyTorch's Linear default for every one.
     Shapes: query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E). After a call, for plotting
-        (detached copies): ``attention_weights`` W (B, h, L, S) before P_w, ``mixed_weights`` U (B, h_v, L, S)
+        (detached, read-only): ``attention_weights`` W (B, h, L, S) before P_w, ``mixed_weights`` U (B, h_v, L, S)
         after P_w — the weights that actually multiply the values.
     Masks: as MultiHeadAttention (valid_lens, attn_mask, is_causal), applied to the logits AFTER P_l, and again to
         U after P_w so that a masked key gets weight exactly 0 even with a bias on P_w. A mask must be the same for
@@ -98,8 +99,8 @@ class TalkingHeadsAttention(Module):
             q, k, v, self.proj_l.weight, self.proj_w.weight, *biases, mask=mask, attn_bias=attn_bias,
             scale=1 / math.sqrt(self.head_dim), keep=keep)                 # (B, h_v, L, d)
         saved = ctx.saved
-        self.attention_weights = Tensor(saved[6].copy())              # W: (B, h, L, S)
-        self.mixed_weights = Tensor(saved[7].copy())                  # U: (B, h_v, L, S), before dropout
+        self.attention_weights = Tensor(read_only(saved[6]))              # W: (B, h, L, S)
+        self.mixed_weights = Tensor(read_only(saved[7]))                  # U: (B, h_v, L, S), before dropout
         return self.W_o(transpose_output(out))                             # (B, L, E)
 
     def extra_repr(self):
