@@ -45,7 +45,8 @@ def softmax_backward(p, grad_p, axis=-1, overwrite=False):
     ``overwrite=True`` computes dS in ``grad_p``'s memory — only for a dP the caller made itself, never for the
     gradient the engine passed in (it may reach other inputs too).
     """
-    row = (grad_p * p).sum(axis=axis, keepdims=True)                  # (..., L, 1)
+    dot = xp.einsum("...i,...i->...", xp.moveaxis(grad_p, axis, -1), xp.moveaxis(p, axis, -1))   # Σ dP ∘ P per row
+    row = xp.expand_dims(dot, axis)                                   # (..., L, 1), no (..., L, S) temporary
     if not overwrite:
         return p * (grad_p - row)
     grad_p -= row
