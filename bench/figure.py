@@ -92,7 +92,7 @@ def plot(result, path, threads):
         ax.legend()
     missing = "" if "flash" in result else "  (flash_attention not available: dense only)"
     fig.suptitle(f"minattn attention forward + backward, B={BATCH}, h={HEADS}, head dim {HEAD_DIM}, float32, "
-                 f"{threads} BLAS thread(s){missing}", fontsize=10)
+                 f"{threads} thread(s){missing}", fontsize=10)
     if skipped:
         fig.text(0.5, 0.01, "skipped: " + "; ".join(skipped), ha="center", fontsize=7, color="grey")
     fig.tight_layout(rect=(0, 0.04 if skipped else 0, 1, 1))

@@ -12,17 +12,16 @@ It measures, in one process:
     backward from a fixed random cotangent; flash attention rows when minattn has it; one training step of the
     default copy-task model.
  3. with PyTorch importable (and no --no-torch): the same computations in PyTorch CPU eager, with
-    torch.set_num_threads = NumPy's BLAS threads, timed in alternation with minattn's (blocks of NumPy calls and of
+    torch.set_num_threads = minattn's threads (autograd/parallel.py), timed in alternation with minattn's (blocks of NumPy calls and of
     PyTorch calls, taking turns, seconds apart: bench/measure.py), so both sides of a ratio see the same machine.
  4. dense vs flash attention, time and peak memory against L (B=1, h=8, head dim 32): the figure.
 Then it prints one table — ms (median), GFLOP/s (matrix products only, formulas in bench/flops.py), fraction of
 the peak, minattn ÷ PyTorch ratios, peak memory — and writes results.json, table.txt and the figure to --out.
 
 The ratios are the numbers to read. Absolute times on a shared 2-core machine move by tens of percent from run to
-run (more when other work runs); the BLAS thread count is printed, and ``--threads N`` limits it for this process.
+run (more when other work runs); the thread count is printed, and ``--threads N`` sets it (minattn and torch alike).
 """
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -35,7 +34,7 @@ if __package__ in (None, ""):   # run as a script: python bench/run.py
 
 import numpy as np   # noqa: E402
 
-from autograd import backend   # noqa: E402
+from autograd import backend, parallel   # noqa: E402
 from bench import cases_minattn, figure, flops, measure   # noqa: E402
 
 SHAPES = ((8, 128, 256, 8), (4, 512, 256, 8), (1, 2048, 256, 8), (32, 16, 64, 4))   # (B, L, E, h)
@@ -66,16 +65,14 @@ def parse_args(argv=None):
     p.add_argument("--dense-limit-gb", type=float, default=8.0,
                    help="figure: skip dense attention at lengths whose peak memory would exceed this")
     p.add_argument("--threads", type=int, default=None,
-                   help="limit NumPy's BLAS (threadpoolctl, this process only) and torch to N threads; default: "
-                        "leave the BLAS as it is and match torch to it")
+                   help="compute on N threads: minattn (autograd.parallel.set_num_threads, this process only) and torch "
+                        "alike; default: minattn's default (the BLAS's own thread count, i.e. every core)")
     p.add_argument("--profile", action="store_true",
                    help="also cProfile MultiHeadAttention fwd+bwd at (32,16,64,4) and print the top functions")
     args = p.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
             p.error("--threads must be >= 1")
-        if importlib.util.find_spec("threadpoolctl") is None:
-            p.error("--threads needs threadpoolctl (pip install -r requirements-bench.txt)")
     if backend.BACKEND != "numpy":
         p.error(f"the bench measures the NumPy CPU backend; unset MINATTN_BACKEND (it is {backend.BACKEND!r})")
     return args
@@ -140,15 +137,20 @@ class Bench:
         return list(entries) if self.torch_cases is not None else []
 
 
-def measure_peak(size, timing, torch_cases=None):
-    """float32 (size × size) @ (size × size), NumPy (and PyTorch, in alternation): {lib: (ms, GFLOP/s, repeats)}."""
+def measure_peak(size, timing, threads, torch_cases=None):
+    """float32 (size × size) @ (size × size), NumPy with its BLAS on ``threads`` threads (minattn holds it to one
+    while it splits work itself: autograd/parallel.py) and PyTorch, in alternation: {lib: (ms, GFLOP/s, repeats)}."""
+    from threadpoolctl import threadpool_limits
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
     families = [{"numpy": lambda: a @ b}, {"torch": torch_cases.matmul_run(size)} if torch_cases else {}]
     count = flops.matmul(size, size, size)
+    with threadpool_limits(threads, user_api="blas"):
+        result = measure.time_families(families, **timing)
+    time.sleep(0.3)   # let the BLAS's idle workers stop spinning (~0.1 s) before minattn's threads need the cores
     return {lib: {"size": size, "ms": sec * 1e3, "gflops": count / sec / 1e9, "repeats": len(times)}
-            for lib, (sec, times) in measure.time_families(families, **timing).items()}
+            for lib, (sec, times) in result.items()}
 
 
 def measure_rows(bench, shapes):
@@ -283,12 +285,12 @@ def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)   # noqa: E731  progress; the report goes to stdout
-    limits = contextlib.nullcontext()
-    if args.threads:   # scoped to this process's BLAS, never the environment
-        from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(args.threads, user_api="blas")
-    with limits:
+    if args.threads:   # this process only, never the environment
+        parallel.set_num_threads(args.threads)
+    try:
         return _run(args, argv, started, log)
+    finally:
+        parallel.set_num_threads(None)
 
 
 def _run(args, argv, started, log):
@@ -298,21 +300,23 @@ def _run(args, argv, started, log):
     peak_timing = QUICK_PEAK_TIMING if args.quick else PEAK_TIMING
 
     machine = measure.machine_info()
-    threads, threads_source = measure.blas_threads()
+    threads = parallel.get_num_threads()
+    blas, blas_source = measure.blas_threads()
     header = [f"minattn bench{' (--quick)' if args.quick else ''}: float32, NumPy backend",
               f"machine: {machine['processor']} ({machine['cpu_model']}), os.cpu_count() = {machine['cpu_count']}, "
               f"{machine['platform']}; Python {machine['python']}, NumPy {machine['numpy']}",
-              f"BLAS threads: {threads} [{threads_source}]"
-              + (f"; limited with --threads {args.threads}" if args.threads else "; nothing set globally")]
+              f"threads: {threads} (autograd.parallel.get_num_threads(); "
+              + (f"set with --threads {args.threads}" if args.threads else "the default: the BLAS's own count")
+              + f"); NumPy's BLAS now runs {blas} thread(s) [{blas_source}]"]
     if (machine["cpu_count"] or 1) <= 2:
         header.append(f"WARNING: {machine['cpu_count']} cores, likely shared with other work: absolute times are "
                       "noisy (tens of percent, more under load); read the ratios — the implementations of one workload "
-                      "are timed in alternation, so they share the machine's state. On a busy machine, --threads 1 "
-                      "avoids multi-threaded BLAS stalls.")
+                      "are timed in alternation, so they share the machine's state. On a busy machine, compare with "
+                      "--threads 1 (one thread each: no thread waits for another).")
     load_start = measure.load_average()
     if load_start is not None and load_start > 0.5 * (machine["cpu_count"] or 1):
         header.append(f"WARNING: the machine is busy before we start (1-min load average {load_start} on "
-                      f"{machine['cpu_count']} cores): multi-threaded BLAS calls may stall for milliseconds each; "
+                      f"{machine['cpu_count']} cores): multi-threaded calls may stall for milliseconds each; "
                       "compare with --threads 1.")
     print("\n".join(header), flush=True)
 
@@ -327,7 +331,7 @@ def _run(args, argv, started, log):
     bench.notes = notes
 
     log("matmul peak (start)")
-    peak_start = measure_peak(matmul_size, peak_timing, torch_cases)
+    peak_start = measure_peak(matmul_size, peak_timing, threads, torch_cases)
     log("rows")
     measure_rows(bench, shapes)
 
@@ -342,7 +346,7 @@ def _run(args, argv, started, log):
         figure.plot(fig_result, fig_path, threads)
 
     log("matmul peak (end)")
-    peak_end = measure_peak(matmul_size, peak_timing, torch_cases)
+    peak_end = measure_peak(matmul_size, peak_timing, threads, torch_cases)
     peak = max(peak_start["numpy"]["gflops"], peak_end["numpy"]["gflops"])
     add_ratios(bench.rows, peak)
     notes = bench.notes + [
@@ -389,7 +393,8 @@ def _run(args, argv, started, log):
         print("\n" + profile)
     wall = time.perf_counter() - started
     results = {"argv": sys.argv[1:] if argv is None else list(argv), "quick": args.quick, "machine": machine,
-               "load_average": {"start": load_start, "end": load_end}, "blas_threads": threads, "blas_threads_source": threads_source,
+               "load_average": {"start": load_start, "end": load_end}, "threads": threads,
+               "blas_threads": blas, "blas_threads_source": blas_source,
                "matmul_peak": {"start": peak_start, "end": peak_end, "peak_gflops": peak},
                "torch": torch_info, "rows": bench.rows, "figure": fig_result, "notes": notes, "profile": profile,
                "wall_s": round(wall, 1)}

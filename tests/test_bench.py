@@ -14,8 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env():
-    """The subprocess's environment: the NumPy backend, and one BLAS thread — on a busy 2-core machine two threads
-    can stall for milliseconds per small matmul, and this test must stay fast (it asserts no timing)."""
+    """The subprocess's environment: the NumPy backend, and one BLAS thread — hence one minattn thread
+    (autograd/parallel.py takes the BLAS's count as its default): on a busy 2-core machine two threads can stall for
+    milliseconds per small matmul, and this test must stay fast (it asserts no timing)."""
     env = dict(os.environ)
     env.pop("MINATTN_BACKEND", None)
     env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -28,7 +29,7 @@ def test_quick_run_prints_table_and_writes_results(tmp_path):
                           env=_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stdout = proc.stdout
-    assert "BLAS threads:" in stdout and "os.cpu_count() =" in stdout
+    assert "threads: 1 (autograd.parallel.get_num_threads()" in stdout and "os.cpu_count() =" in stdout
     header = next(line for line in stdout.splitlines() if line.startswith("workload"))
     for column in ("ms", "GFLOP/s", "%peak", "÷torch-expl", "÷torch-SDPA", "tracemalloc MB", "RSS+ MB"):
         assert column in header
@@ -36,7 +37,8 @@ def test_quick_run_prints_table_and_writes_results(tmp_path):
         assert label in stdout
 
     results = json.loads((out / "results.json").read_text())
-    assert results["quick"] and results["torch"] is None and results["blas_threads"] >= 1
+    assert results["quick"] and results["torch"] is None and results["threads"] == 1
+    assert results["blas_threads"] == 1
     assert results["matmul_peak"]["peak_gflops"] > 0
     rows = results["rows"]
     assert {r["lib"] for r in rows} == {"minattn"}

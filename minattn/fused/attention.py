@@ -1,7 +1,9 @@
 """Scaled dot-product attention, fused, with the backward written by hand; and its twin from primitives."""
-from autograd import ops
+from autograd import ops, parallel
+from autograd.backend import xp
 from autograd.function import Function
 from autograd.ops import sum_to
+from minattn import masks
 from minattn.fused.softmax import masked_softmax_forward, softmax_backward, softmax_reference
 
 
@@ -26,26 +28,58 @@ class ScaledDotProductAttentionFunction(Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask=None, bias=None, scale=1.0, keep=None):
+        batch = _batch_shape(q, k, v, mask, bias, keep)                # (...) every batch axis, broadcast
         q_scaled = q * q.dtype.type(scale)                             # (..., L, E)
-        scores = q_scaled @ k.swapaxes(-1, -2)                         # (..., L, S)
-        p = masked_softmax_forward(scores, mask, bias, overwrite=True)  # (..., L, S), in the scores' memory
-        p_used = p * keep if keep is not None else p                   # (..., L, S)
+        p = xp.empty(batch + (q.shape[-2], k.shape[-2]), dtype=q.dtype)   # (..., L, S) the weights, filled part by part
+        out = xp.empty(batch + (q.shape[-2], v.shape[-1]), dtype=q.dtype)  # (..., L, Ev)
+        work = p.size * (q.shape[-1] + v.shape[-1])                    # multiply-adds of Q̃ Kᵀ and P V
+        parts = parallel.batch_parts(batch, work)                      # the batch cut in one part per core
+
+        def attend(part):                                              # the forward above, on one part of the batch
+            p_i, out_i = part.take(p), part.take(out)                  # (b, L, S), (b, L, Ev): views to fill
+            q_i, k_i, v_i = (_expand(part.take(x), p_i) for x in (q_scaled, k, v))   # (b, L|S, E|Ev) views
+            xp.matmul(q_i, k_i.swapaxes(-1, -2), out=p_i)              # (b, L, S) A = Q̃ Kᵀ
+            masked_softmax_forward(p_i, part.take(mask), part.take(bias), overwrite=True)   # (b, L, S) P, in place
+            keep_i = part.take(keep)
+            xp.matmul(p_i * keep_i if keep is not None else p_i, v_i, out=out_i)            # (b, L, Ev) (P ∘ D) V
+
+        parallel.run(attend, parts)
         ctx.save_for_backward(q_scaled, k, v, p, keep)
-        ctx.scale, ctx.q_shape = scale, q.shape
-        return p_used @ v                                              # (..., L, Ev)
+        ctx.scale, ctx.parts = scale, parts
+        return out                                                     # (..., L, Ev)
 
     @staticmethod
     def backward(ctx, grad_o):
         q_scaled, k, v, p, keep = ctx.saved
-        p_used = p * keep if keep is not None else p                   # (..., L, S)
-        dv = sum_to(p_used.swapaxes(-1, -2) @ grad_o, v.shape)         # (..., S, Ev)
-        dp = grad_o @ v.swapaxes(-1, -2)                               # (..., L, S)
-        if keep is not None:
-            dp = dp * keep                                             # (..., L, S)
-        ds = softmax_backward(p, dp, overwrite=True)                   # (..., L, S), in dp's memory
-        dq = sum_to((ds @ k) * q_scaled.dtype.type(ctx.scale), ctx.q_shape)   # (..., L, E)
-        dk = sum_to(ds.swapaxes(-1, -2) @ q_scaled, k.shape)           # (..., S, E)
-        return dq, dk, dv
+        parts, scale = ctx.parts, q_scaled.dtype.type(ctx.scale)
+
+        def backprop(part):                                            # the backward above, on one part of the batch
+            q_i, k_i, v_i, p_i, keep_i = (part.take(x) for x in (q_scaled, k, v, p, keep))
+            grad_o_i = part.take(grad_o)                               # (b, L, Ev)
+            p_used = p_i * keep_i if keep is not None else p_i         # (b, L, S)
+            dv = sum_to(p_used.swapaxes(-1, -2) @ grad_o_i, v_i.shape)   # (b, S, Ev)
+            dp = grad_o_i @ v_i.swapaxes(-1, -2)                       # (b, L, S)
+            if keep is not None:
+                dp *= keep_i                                           # (b, L, S)
+            ds = softmax_backward(p_i, dp, overwrite=True)             # (b, L, S), in dp's memory
+            dq = ds @ k_i                                              # (b, L, E)
+            dq *= scale
+            dk = sum_to(ds.swapaxes(-1, -2) @ q_i, k_i.shape)          # (b, S, E)
+            return sum_to(dq, q_i.shape), dk, dv
+
+        grads = parallel.run(backprop, parts)                          # [(dQ, dK, dV) of each part]
+        return tuple(parallel.join([g[n] for g in grads], x, parts) for n, x in enumerate((q_scaled, k, v)))
+
+
+def _batch_shape(*arrays):
+    """The broadcast of the batch axes (all but the last two) of the arrays that are not None."""
+    return masks.broadcast_shape(*(x.shape[:-2] for x in arrays if x is not None))
+
+
+def _expand(x, like):
+    """x (..., n, m) broadcast to like's batch axes — a view with zero strides, no copy — so that a matrix product
+    can write straight into ``like``'s memory."""
+    return xp.broadcast_to(x, like.shape[:-2] + x.shape[-2:])
 
 
 def attention_reference(q, k, v, mask=None, bias=None, scale=1.0, keep=None):

@@ -5,9 +5,10 @@ This is the algorithm, not the speed: on a GPU FlashAttention is fast because ea
 CUDA kernel. Here every tile is a handful of NumPy / CuPy calls, so what you can see (and measure) is the memory: the
 largest array is one (B_q, B_k) tile per batch element and head, not the (L, S) matrix.
 """
+import math
 import numbers
 
-from autograd import ops
+from autograd import ops, parallel
 from autograd.backend import xp
 from autograd.function import Function
 from autograd.ops import sum_to
@@ -55,7 +56,7 @@ class FlashAttentionFunction(Function):
                   Σ_j dP_ij P_ij = Σ_j P_ij Σ_c dO_ic V_jc = Σ_c dO_ic (Σ_j P_ij V_jc) = Σ_c dO_ic O_ic,
               a sum over the Ev output features of two arrays we already hold: no P needed, computed once per row.
               dQ and dK: A = (Q · scale) Kᵀ, and a matrix product's rule ∂(XY) = ∂X Y + X ∂Y.
-    Saved:    Q, K, V (the inputs themselves, not copies), O (..., L, Ev) and L (..., L): never the (L, S) matrix.
+    Saved:    Q, K, V (the inputs themselves, not copies), O (..., L, Ev) and L (..., L, 1): never the (L, S) matrix.
               The price is one more Q Kᵀ per tile in the backward (recomputing P), a quarter more in the backward (five matrix products instead of four).
     Masks:    ``mask`` (bool, True = take part) and ``bias`` (float, added) are sliced to each tile: [..., rows, cols].
               ``causal``: query r sees keys c <= r (top-left). A tile entirely above the diagonal (its first key
@@ -83,60 +84,88 @@ class FlashAttentionFunction(Function):
         mask, bias = _to_scores_shape(mask, num_queries, num_keys), _to_scores_shape(bias, num_queries, num_keys)
         scale = q.dtype.type(scale)
         out = xp.empty(batch + (num_queries, value_dim), dtype=q.dtype)            # (..., L, Ev)
-        lse = xp.empty(batch + (num_queries,), dtype=q.dtype)                       # (..., L)
-        for i0, i1 in _blocks(num_queries, block_size):
-            rows = slice(i0, i1)
-            q_i = q[..., rows, :] * scale                                           # (..., B_q, E)
-            m = xp.full(batch + (i1 - i0, 1), -xp.inf, dtype=q.dtype)              # (..., B_q, 1) running max
-            l = xp.zeros(batch + (i1 - i0, 1), dtype=q.dtype)                       # (..., B_q, 1) running sum
-            acc = xp.zeros(batch + (i1 - i0, value_dim), dtype=q.dtype)             # (..., B_q, Ev) running Õ
-            last_key = min(num_keys, i1) if causal else num_keys                    # causal: no key after query i1-1
-            for j0, j1 in _blocks(last_key, block_size):
-                cols = slice(j0, j1)
-                s = _tile_scores(q_i, k[..., cols, :], mask, bias, causal, rows, cols)   # (..., B_q, B_k)
-                m_new = xp.maximum(m, s.max(axis=-1, keepdims=True))                 # (..., B_q, 1)
-                shift = xp.where(xp.isfinite(m_new), m_new, 0)                       # (..., B_q, 1) −∞ → 0
-                p = xp.exp(s - shift)                                                # (..., B_q, B_k), 0 where masked
-                rescale = xp.exp(m - shift)                                          # (..., B_q, 1), 0 while m = −∞
-                l = rescale * l + p.sum(axis=-1, keepdims=True)                      # (..., B_q, 1)
-                acc = rescale * acc + p @ v[..., cols, :]                            # (..., B_q, Ev)
-                m = m_new                                                            # (..., B_q, 1)
-            seen = l > 0                                                             # (..., B_q, 1) a key took part
-            l_safe = xp.where(seen, l, 1)                                            # (..., B_q, 1) ℓ = 0 → 1
-            out[..., rows, :] = acc / l_safe                                         # (..., B_q, Ev), 0 if none seen
-            lse[..., rows] = xp.where(seen, m + xp.log(l_safe), -xp.inf)[..., 0]     # (..., B_q)
+        lse = xp.empty(batch + (num_queries, 1), dtype=q.dtype)                    # (..., L, 1)
+        parts = _parts(batch, q, k, v)                                              # one part of the batch per core
+        parallel.run(lambda part: _forward_tiles(*(part.take(x) for x in (q, k, v, mask, bias, out, lse)),
+                                                 scale, causal, block_size), parts)
         ctx.save_for_backward(q, k, v, out, lse, mask, bias)
-        ctx.scale, ctx.causal, ctx.block_size = scale, causal, block_size
+        ctx.scale, ctx.causal, ctx.block_size, ctx.parts = scale, causal, block_size, parts
         return out                                                                   # (..., L, Ev)
 
     @staticmethod
     def backward(ctx, grad_o):
         q, k, v, out, lse, mask, bias = ctx.saved
-        scale, causal, block_size = ctx.scale, ctx.causal, ctx.block_size
-        num_queries, num_keys = q.shape[-2], k.shape[-2]
-        batch = out.shape[:-2]                                                       # (...)
-        d = (grad_o * out).sum(axis=-1, keepdims=True)                               # (..., L, 1)  D = rowsum(dO ∘ O)
-        lse = xp.where(xp.isfinite(lse), lse, 0)[..., None]                          # (..., L, 1)  fully masked: 0
-        dq = xp.zeros(batch + q.shape[-2:], dtype=q.dtype)                           # (..., L, E)
-        dk = xp.zeros(batch + k.shape[-2:], dtype=k.dtype)                           # (..., S, E)
-        dv = xp.zeros(batch + v.shape[-2:], dtype=v.dtype)                           # (..., S, Ev)
-        for j0, j1 in _blocks(num_keys, block_size):
+        parts = ctx.parts
+
+        def backprop(part):                                                          # one part of the batch
+            q_i, k_i, v_i = part.take(q), part.take(k), part.take(v)
+            dq, dk, dv = _backward_tiles(q_i, k_i, v_i, *(part.take(x) for x in (out, lse, mask, bias, grad_o)),
+                                         ctx.scale, ctx.causal, ctx.block_size)
+            return sum_to(dq, q_i.shape), sum_to(dk, k_i.shape), sum_to(dv, v_i.shape)
+
+        grads = parallel.run(backprop, parts)                                        # [(dQ, dK, dV) of each part]
+        return tuple(parallel.join([g[n] for g in grads], x, parts) for n, x in enumerate((q, k, v)))
+
+
+def _forward_tiles(q, k, v, mask, bias, out, lse, scale, causal, block_size):
+    """The forward's loops (see FlashAttentionFunction), filling ``out`` (..., L, Ev) and ``lse`` (..., L, 1)."""
+    num_queries, num_keys, value_dim = q.shape[-2], k.shape[-2], v.shape[-1]
+    batch = out.shape[:-2]                                                          # (...)
+    for i0, i1 in _blocks(num_queries, block_size):
+        rows = slice(i0, i1)
+        q_i = q[..., rows, :] * scale                                               # (..., B_q, E)
+        m = xp.full(batch + (i1 - i0, 1), -xp.inf, dtype=q.dtype)                  # (..., B_q, 1) running max
+        l = xp.zeros(batch + (i1 - i0, 1), dtype=q.dtype)                           # (..., B_q, 1) running sum
+        acc = xp.zeros(batch + (i1 - i0, value_dim), dtype=q.dtype)                 # (..., B_q, Ev) running Õ
+        last_key = min(num_keys, i1) if causal else num_keys                        # causal: no key after query i1-1
+        for j0, j1 in _blocks(last_key, block_size):
             cols = slice(j0, j1)
-            k_j, v_j = k[..., cols, :], v[..., cols, :]                              # (..., B_k, E), (..., B_k, Ev)
-            first_query = (j0 // block_size) * block_size if causal else 0          # causal: no query before key j0
-            for i0, i1 in _blocks(num_queries, block_size, first_query):
-                rows = slice(i0, i1)
-                q_i = q[..., rows, :] * scale                                        # (..., B_q, E)
-                s = _tile_scores(q_i, k_j, mask, bias, causal, rows, cols)           # (..., B_q, B_k)
-                p = xp.exp(s - lse[..., rows, :])                                    # (..., B_q, B_k)  P recomputed
-                do_i = grad_o[..., rows, :]                                          # (..., B_q, Ev)
-                dv[..., cols, :] += p.swapaxes(-1, -2) @ do_i                        # (..., B_k, Ev)
-                dp = do_i @ v_j.swapaxes(-1, -2)                                     # (..., B_q, B_k)
-                ds = p * (dp - d[..., rows, :])                                      # (..., B_q, B_k)
-                dq[..., rows, :] += ds @ k_j                                         # (..., B_q, E)  · scale below
-                dk[..., cols, :] += ds.swapaxes(-1, -2) @ q_i                        # (..., B_k, E)  q_i has the scale
-        dq *= scale                                                                  # (..., L, E)
-        return sum_to(dq, q.shape), sum_to(dk, k.shape), sum_to(dv, v.shape)
+            s = _tile_scores(q_i, k[..., cols, :], mask, bias, causal, rows, cols)   # (..., B_q, B_k)
+            m_new = xp.maximum(m, s.max(axis=-1, keepdims=True))                     # (..., B_q, 1)
+            shift = xp.where(xp.isfinite(m_new), m_new, 0)                           # (..., B_q, 1) −∞ → 0
+            p = xp.exp(s - shift)                                                    # (..., B_q, B_k), 0 where masked
+            rescale = xp.exp(m - shift)                                              # (..., B_q, 1), 0 while m = −∞
+            l = rescale * l + p.sum(axis=-1, keepdims=True)                          # (..., B_q, 1)
+            acc = rescale * acc + p @ v[..., cols, :]                                # (..., B_q, Ev)
+            m = m_new                                                                # (..., B_q, 1)
+        seen = l > 0                                                                 # (..., B_q, 1) a key took part
+        l_safe = xp.where(seen, l, 1)                                                # (..., B_q, 1) ℓ = 0 → 1
+        out[..., rows, :] = acc / l_safe                                             # (..., B_q, Ev), 0 if none seen
+        lse[..., rows, :] = xp.where(seen, m + xp.log(l_safe), -xp.inf)              # (..., B_q, 1)
+
+
+def _backward_tiles(q, k, v, out, lse, mask, bias, grad_o, scale, causal, block_size):
+    """The backward's loops (see FlashAttentionFunction): (dQ, dK, dV) with the batch axes of ``out``."""
+    num_queries, num_keys = q.shape[-2], k.shape[-2]
+    batch = out.shape[:-2]                                                           # (...)
+    d = (grad_o * out).sum(axis=-1, keepdims=True)                                   # (..., L, 1)  D = rowsum(dO ∘ O)
+    lse = xp.where(xp.isfinite(lse), lse, 0)                                         # (..., L, 1)  fully masked: 0
+    dq = xp.zeros(batch + q.shape[-2:], dtype=q.dtype)                               # (..., L, E)
+    dk = xp.zeros(batch + k.shape[-2:], dtype=k.dtype)                               # (..., S, E)
+    dv = xp.zeros(batch + v.shape[-2:], dtype=v.dtype)                               # (..., S, Ev)
+    for j0, j1 in _blocks(num_keys, block_size):
+        cols = slice(j0, j1)
+        k_j, v_j = k[..., cols, :], v[..., cols, :]                                  # (..., B_k, E), (..., B_k, Ev)
+        first_query = (j0 // block_size) * block_size if causal else 0              # causal: no query before key j0
+        for i0, i1 in _blocks(num_queries, block_size, first_query):
+            rows = slice(i0, i1)
+            q_i = q[..., rows, :] * scale                                            # (..., B_q, E)
+            s = _tile_scores(q_i, k_j, mask, bias, causal, rows, cols)               # (..., B_q, B_k)
+            p = xp.exp(s - lse[..., rows, :])                                        # (..., B_q, B_k)  P recomputed
+            do_i = grad_o[..., rows, :]                                              # (..., B_q, Ev)
+            dv[..., cols, :] += p.swapaxes(-1, -2) @ do_i                            # (..., B_k, Ev)
+            dp = do_i @ v_j.swapaxes(-1, -2)                                         # (..., B_q, B_k)
+            ds = p * (dp - d[..., rows, :])                                          # (..., B_q, B_k)
+            dq[..., rows, :] += ds @ k_j                                             # (..., B_q, E)  · scale below
+            dk[..., cols, :] += ds.swapaxes(-1, -2) @ q_i                            # (..., B_k, E)  q_i has the scale
+    dq *= scale                                                                      # (..., L, E)
+    return dq, dk, dv
+
+
+def _parts(batch, q, k, v):
+    """The batch cut in one part per core (autograd/parallel.py), by the dense algorithm's multiply-adds."""
+    work = math.prod(batch) * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+    return parallel.batch_parts(batch, work)
 
 
 def _check_options(block_size, dropout_p):
