@@ -55,6 +55,21 @@ def _blas_controller():
     return _blas
 
 
+def _limit_blas(threads):
+    """Set the BLAS's thread count to ``threads`` for good (threadpoolctl's limit outside a ``with``).
+
+    An OpenBLAS built on OpenMP keeps one count per calling thread, hence this also runs in each worker thread. One
+    built on pthreads has one pool for the process, and threadpoolctl ≥ 3.8 then lets only the thread that first set
+    a limit change it again, ignoring the others without a word: we hand control back after each change, so that
+    ``set_num_threads`` works from any thread.
+    """
+    from threadpoolctl import OpenBLASController
+    _blas_controller().limit(limits=threads, user_api="blas")
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)   # threadpoolctl < 3.8 has no such rule
+    if clear is not None:
+        clear()
+
+
 def get_num_threads():
     """How many threads minattn computes on (how many parts a batch is cut into). Named as ``torch.get_num_threads``.
 
@@ -83,7 +98,7 @@ def set_num_threads(n):
         counts = [lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"]
         _blas_threads = max(counts) if counts else 1
     _num_threads = _blas_threads if n is None else n
-    controller.limit(limits=1 if _num_threads > 1 else _blas_threads, user_api="blas")   # lasts: not a `with`
+    _limit_blas(1 if _num_threads > 1 else _blas_threads)
     if _pool is not None:
         _pool.shutdown(wait=True)
         _pool = None
@@ -149,7 +164,8 @@ def run(work, parts):
         return [work(part) for part in parts]
     try:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=get_num_threads(), thread_name_prefix="minattn")
+            _pool = ThreadPoolExecutor(max_workers=get_num_threads(), thread_name_prefix="minattn",
+                                       initializer=_limit_blas, initargs=(1,))
         futures = [_pool.submit(work, part) for part in parts[1:]]
         first = _call(work, parts[0])                # the calling thread does a share too
         rest = [_call(future.result) for future in futures]
