@@ -205,7 +205,7 @@ def join(pieces, x, parts):
         for piece in pieces[1:]:
             total += piece
         return total
-    whole = xp.empty(x.shape, dtype=pieces[0].dtype)
+    whole = xp.empty_like(x, dtype=pieces[0].dtype)    # x's memory layout: a transposed view gets a transposed grad
     for part, piece in zip(parts, pieces):
         whole[part.index(x)] = piece
     return whole

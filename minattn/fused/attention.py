@@ -31,7 +31,7 @@ class ScaledDotProductAttentionFunction(Function):
         batch = _batch_shape(q, k, v, mask, bias, keep)                # (...) every batch axis, broadcast
         q_scaled = q * q.dtype.type(scale)                             # (..., L, E)
         p = xp.empty(batch + (q.shape[-2], k.shape[-2]), dtype=q.dtype)   # (..., L, S) the weights, filled part by part
-        out = xp.empty(batch + (q.shape[-2], v.shape[-1]), dtype=q.dtype)  # (..., L, Ev)
+        out = xp.empty_like(q, shape=batch + (q.shape[-2], v.shape[-1]))   # (..., L, Ev) laid out as q: see below
         work = p.size * (q.shape[-1] + v.shape[-1])                    # multiply-adds of Q̃ Kᵀ and P V
         parts = parallel.batch_parts(batch, work)                      # the batch cut in one part per core
 
@@ -44,6 +44,8 @@ class ScaledDotProductAttentionFunction(Function):
             xp.matmul(p_i * keep_i if keep is not None else p_i, v_i, out=out_i)            # (b, L, Ev) (P ∘ D) V
 
         parallel.run(attend, parts)
+        # Memory layout: MultiHeadAttention's q is (B, L, h, d_h) memory seen as (B, h, L, d_h) (transpose_qkv);
+        # an output in that same layout makes transpose_output's merge of the heads a view, not a copy.
         ctx.save_for_backward(q_scaled, k, v, p, keep)
         ctx.scale, ctx.parts = scale, parts
         return out                                                     # (..., L, Ev)
