@@ -82,8 +82,8 @@ def is_foreign_array(a):
 
 def read_only(a):
     """``a`` for a caller to look at but not change: on NumPy a read-only view (no copy; writing to it raises
-    ValueError), on CuPy — whose arrays cannot be marked read-only — a copy. For arrays that a Function saved for its
-    backward and also hands out, such as attention weights: an edit could otherwise corrupt the gradient."""
+    ValueError), on CuPy — whose arrays cannot be marked read-only — a copy. For arrays that a Function saved for
+    its backward and also hands out, such as attention weights: an edit could otherwise corrupt the gradient."""
     if xp is numpy:
         view = a.view()
         view.flags.writeable = False

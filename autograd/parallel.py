@@ -17,7 +17,7 @@ this applies: one part, the GPU is already parallel.
 
 How a Function uses it (see minattn/fused/attention.py):
 
-    parts = parallel.batch_parts(batch_shape, work)     # how to cut the batch: [Part, ...]
+    parts = parallel.batch_parts(batch_shape, madds)    # how to cut it (madds: its multiply-adds): [Part, ...]
     def work(part):                                      # the math, on one part: part.take(x) is x's slice
         ...
     results = parallel.run(work, parts)                  # [work(part) for part in parts], on threads
@@ -40,6 +40,7 @@ MIN_WORK = 4_000_000
 core does in ~4 M multiply-adds, so smaller work gains nothing from being cut (the toy copy task is all such work)."""
 
 _pool = None                 # the worker threads, made on first use
+_pool_lock = threading.Lock()   # guards _pool: set_num_threads may replace it while another thread runs
 _busy = threading.Lock()     # one run at a time: a nested or concurrent run goes serial (see run)
 _blas = None                 # threadpoolctl's controller of the BLAS libraries loaded
 _blas_threads = None         # the BLAS's own thread count, as found at import (given back by set_num_threads(1))
@@ -74,7 +75,8 @@ def get_num_threads():
     """How many threads minattn computes on (how many parts a batch is cut into). Named as ``torch.get_num_threads``.
 
     Default: the BLAS's own thread count at import (OpenBLAS takes every core unless OPENBLAS_NUM_THREADS /
-    OMP_NUM_THREADS say otherwise). Always 1 on CuPy.
+    OMP_NUM_THREADS say otherwise), at most the CPUs this process may use; 1 where threadpoolctl finds no BLAS (e.g.
+    Apple's Accelerate). Always 1 on CuPy.
     """
     return _num_threads
 
@@ -93,15 +95,29 @@ def set_num_threads(n):
         raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
     if BACKEND != "numpy":
         return
-    controller = _blas_controller()
     if _blas_threads is None:
-        counts = [lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"]
+        counts = [lib["num_threads"] for lib in _blas_controller().info() if lib["user_api"] == "blas"]
         _blas_threads = max(counts) if counts else 1
-    _num_threads = _blas_threads if n is None else n
+    _num_threads = min(_blas_threads, _usable_cpus()) if n is None else n
     _limit_blas(1 if _num_threads > 1 else _blas_threads)
-    if _pool is not None:
-        _pool.shutdown(wait=True)
-        _pool = None
+    with _pool_lock:                             # a run in flight keeps the old pool until its parts are done
+        old, _pool = _pool, None
+    if old is not None:
+        old.shutdown(wait=False)
+
+
+def _usable_cpus():
+    """The CPUs this process may run on (its affinity mask, e.g. under taskset or a container), else the count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                       # not on Linux
+        return os.cpu_count() or 1
+
+
+def _forget_pool_after_fork():
+    """In a child made by fork the pool's threads do not exist (only the forking thread is copied): start afresh."""
+    global _pool, _pool_lock, _busy
+    _pool, _pool_lock, _busy = None, threading.Lock(), threading.Lock()
 
 
 class Part:
@@ -163,10 +179,11 @@ def run(work, parts):
     if len(parts) == 1 or not _busy.acquire(blocking=False):
         return [work(part) for part in parts]
     try:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=get_num_threads(), thread_name_prefix="minattn",
-                                       initializer=_limit_blas, initargs=(1,))
-        futures = [_pool.submit(work, part) for part in parts[1:]]
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=get_num_threads(), thread_name_prefix="minattn",
+                                           initializer=_limit_blas, initargs=(1,))
+            futures = [_pool.submit(work, part) for part in parts[1:]]
         first = _call(work, parts[0])                # the calling thread does a share too
         rest = [_call(future.result) for future in futures]
         return [_unwrap(result) for result in [first] + rest]
@@ -211,4 +228,6 @@ def join(pieces, x, parts):
     return whole
 
 
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 set_num_threads(None)

@@ -93,7 +93,8 @@ class Tensor:
         return f"Tensor({backend.to_numpy(self.data)!r}{grad})"
 
     def numpy(self):
-        """A host NumPy copy of the data (a device → host copy on CuPy)."""
+        """The data as a host NumPy array: on NumPy the array itself, no copy (as PyTorch's ``.numpy()`` shares memory;
+        read-only where the data is, e.g. attention weights); on CuPy a device → host copy."""
         return backend.to_numpy(self.data)
 
     def item(self):

@@ -12,8 +12,9 @@ It measures, in one process:
     backward from a fixed random cotangent; flash attention rows when minattn has it; one training step of the
     default copy-task model.
  3. with PyTorch importable (and no --no-torch): the same computations in PyTorch CPU eager, with
-    torch.set_num_threads = minattn's threads (autograd/parallel.py), timed in alternation with minattn's (blocks of NumPy calls and of
-    PyTorch calls, taking turns, seconds apart: bench/measure.py), so both sides of a ratio see the same machine.
+    torch.set_num_threads = minattn's threads (autograd/parallel.py), timed in alternation with minattn's (blocks of
+    NumPy calls and of PyTorch calls, taking turns, seconds apart: bench/measure.py), so both sides of a ratio see
+    the same machine.
  4. dense vs flash attention, time and peak memory against L (B=1, h=8, head dim 32): the figure.
 Then it prints one table — ms (median), GFLOP/s (matrix products only, formulas in bench/flops.py), fraction of
 the peak, minattn ÷ PyTorch ratios, peak memory — and writes results.json, table.txt and the figure to --out.
@@ -65,8 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--dense-limit-gb", type=float, default=8.0,
                    help="figure: skip dense attention at lengths whose peak memory would exceed this")
     p.add_argument("--threads", type=int, default=None,
-                   help="compute on N threads: minattn (autograd.parallel.set_num_threads, this process only) and torch "
-                        "alike; default: minattn's default (the BLAS's own thread count, i.e. every core)")
+                   help="compute on N threads: minattn (autograd.parallel.set_num_threads, this process only) and "
+                        "torch alike; default: minattn's default (the BLAS's own thread count, i.e. every core)")
     p.add_argument("--profile", action="store_true",
                    help="also cProfile MultiHeadAttention fwd+bwd at (32,16,64,4) and print the top functions")
     args = p.parse_args(argv)
@@ -285,12 +286,13 @@ def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)   # noqa: E731  progress; the report goes to stdout
+    before = parallel.get_num_threads()
     if args.threads:   # this process only, never the environment
         parallel.set_num_threads(args.threads)
     try:
         return _run(args, argv, started, log)
     finally:
-        parallel.set_num_threads(None)
+        parallel.set_num_threads(before)
 
 
 def _run(args, argv, started, log):

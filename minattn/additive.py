@@ -41,7 +41,7 @@ class AdditiveAttention(Module):
         ``w_v = Linear(H, 1)``.
     Shapes: queries (B, L, query_size), keys (B, S, key_size), values (B, S, Ev) → (B, L, Ev).
         ``attention_weights`` after a call: (B, L, S), before dropout, kept for plotting (detached and read-only:
-        ``backend.read_only``).
+        ``backend.read_only``; a copy on CuPy).
     Masks: ``valid_lens`` (B,) or (B, L) as d2l's ``masked_softmax``; ``attn_mask`` boolean (True = take part) or
         float (added to the scores), broadcastable to (B, L, S) — or to (B, 1, L, S), the one-head layout of
         ``masks.attention_masks``. A query whose keys are all masked gets weights 0 and output 0 (d2l's −1e6 fill

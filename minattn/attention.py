@@ -74,7 +74,7 @@ class MultiHeadAttention(Module):
     Shapes (batch first):
         query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E)
         ``attention_weights`` after a call: (B, h, L, S), before dropout, kept for plotting (detached and read-only:
-        ``backend.read_only``);
+        ``backend.read_only``; a copy on CuPy);
         None with attn_impl="flash".
     Computes what PyTorch's ``nn.MultiheadAttention(E, h, batch_first=True)`` computes with
         in_proj_weight = concat(W_q.weight, W_k.weight, W_v.weight) (in that order), in_proj_bias likewise,

@@ -224,7 +224,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, *, is_causal
         dropout_p: dropout on the attention weights (applied whenever > 0, as PyTorch's functional form does:
             pass 0.0 in evaluation).
         need_weights: minattn's addition: also return the attention weights (..., L, S) as a detached,
-            read-only tensor.
+            read-only tensor (a copy on CuPy).
         Everything after attn_mask is keyword-only: PyTorch's positional order is (attn_mask, dropout_p, is_causal,
         scale), so a positional call ported from it fails loudly here instead of meaning something else.
     Returns:
@@ -248,7 +248,8 @@ def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0
 
     ``mask`` (bool, True = take part) and ``bias`` (float) are arrays already validated by the caller. With
     ``need_weights`` it also returns the attention weights (..., L, S) as they were BEFORE dropout, read-only
-    (``backend.read_only``: the very array the backward reads, so no copy and no way to edit it).
+    (``backend.read_only``: on NumPy the very array the backward reads, no copy and no way to edit it; a copy on
+    CuPy).
     """
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
     keep = None

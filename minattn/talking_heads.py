@@ -31,8 +31,8 @@ class TalkingHeadsAttention(Module):
         ``proj_l`` = P_l, a Linear(h_k, h): weight (h, h_k), the paper's P_l[h_k, h] transposed;
         ``proj_w`` = P_w, a Linear(h, h_v): weight (h_v, h). Init: PyTorch's Linear default for every one.
     Shapes: query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E). After a call, for plotting
-        (detached, read-only): ``attention_weights`` W (B, h, L, S) before P_w, ``mixed_weights`` U (B, h_v, L, S)
-        after P_w — the weights that actually multiply the values.
+        (detached, read-only; copies on CuPy): ``attention_weights`` W (B, h, L, S) before P_w, ``mixed_weights``
+        U (B, h_v, L, S) after P_w — the weights that actually multiply the values.
     Masks: as MultiHeadAttention (valid_lens, attn_mask, is_causal), applied to the logits AFTER P_l, and again to
         U after P_w so that a masked key gets weight exactly 0 even with a bias on P_w. A mask must be the same for
         every head — (L, S), (B, 1, L, S) or valid_lens — since heads are mixed. A fully masked query row gives 0.

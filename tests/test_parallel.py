@@ -584,3 +584,65 @@ def test_parallel_keeps_float32(part_counts, rng, name):
     out, grads = _assert_parallel_equals_serial(fn, arrays, part_counts, dtype=np.float32, **FLOAT32)
     assert out.dtype == np.float32
     assert [g.dtype for g in grads] == [np.float32] * len(arrays)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# (e) the pool's life: set_num_threads while another thread runs; a forked child
+# ---------------------------------------------------------------------------------------------------------------------
+def test_set_num_threads_while_another_thread_runs(forced):
+    """set_num_threads replaces the pool; a run in flight on another thread must neither fail to submit its parts
+    ("cannot schedule new futures after shutdown") nor find no pool at all, and its results stay right."""
+    stop, errors, wrong = threading.Event(), [], []
+    parts = parallel.batch_parts((6,), madds_enough())
+
+    def runner():
+        while not stop.is_set():
+            try:
+                if parallel.run(lambda part: part.span, parts) != [part.span for part in parts]:
+                    wrong.append(1)
+            except Exception as err:   # noqa: BLE001 — any failure is what this test looks for
+                errors.append(repr(err))
+
+    thread = threading.Thread(target=runner)
+    thread.start()
+    try:
+        deadline = time.perf_counter() + 0.5
+        while time.perf_counter() < deadline:
+            parallel.set_num_threads(2)
+            parallel.set_num_threads(THREADS)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive() and errors == [] and wrong == []
+
+
+def madds_enough():
+    return parallel.MIN_WORK + 1
+
+
+def _child_computes(queue):
+    """In a forked child: one parallel run, its result put on ``queue``."""
+    parallel.MIN_WORK = 0
+    parts = parallel.batch_parts((6,), 1, num_threads=THREADS)
+    queue.put(parallel.run(lambda part: part.span.stop - part.span.start, parts))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork (POSIX)")
+def test_a_forked_child_can_still_run_in_parallel(forced):
+    """The pool's threads are not copied into a child made by fork (multiprocessing's default on Linux before
+    Python 3.14): the child must start a pool of its own instead of queueing work that no thread will ever run."""
+    import multiprocessing
+    import warnings
+    parts = parallel.batch_parts((6,), madds_enough())
+    assert len(parallel.run(lambda part: part, parts)) == THREADS        # the parent's pool exists now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with warnings.catch_warnings():        # Python >= 3.12 warns about forking a process that has threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = context.Process(target=_child_computes, args=(queue,))
+        child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung in parallel.run")
+    assert child.exitcode == 0 and queue.get(timeout=5) == [2, 2, 2]

@@ -39,8 +39,10 @@ class ScaledDotProductAttentionFunction(Function):
             p_i, out_i = part.take(p), part.take(out)                  # (b, L, S), (b, L, Ev): views to fill
             q_i, k_i, v_i = (_expand(part.take(x), p_i) for x in (q_scaled, k, v))   # (b, L|S, E|Ev) views
             xp.matmul(q_i, k_i.swapaxes(-1, -2), out=p_i)              # (b, L, S) A = Q̃ Kᵀ
-            masked_softmax_forward(p_i, part.take(mask), part.take(bias), overwrite=True)   # (b, L, S) P, in place
-            keep_i = part.take(keep)
+            weights = masked_softmax_forward(p_i, part.take(mask), part.take(bias), overwrite=True)   # (b, L, S) P
+            if weights is not p_i:                                     # (no keys, S = 0: a new empty array)
+                p_i[...] = weights                                     # (b, L, S)
+            keep_i = part.take(keep)                                   # (b, L, S) D, or None
             xp.matmul(p_i * keep_i if keep is not None else p_i, v_i, out=out_i)            # (b, L, Ev) (P ∘ D) V
 
         parallel.run(attend, parts)
@@ -56,7 +58,7 @@ class ScaledDotProductAttentionFunction(Function):
         parts, scale = ctx.parts, q_scaled.dtype.type(ctx.scale)
 
         def backprop(part):                                            # the backward above, on one part of the batch
-            q_i, k_i, v_i, p_i, keep_i = (part.take(x) for x in (q_scaled, k, v, p, keep))
+            q_i, k_i, v_i, p_i, keep_i = (part.take(x) for x in (q_scaled, k, v, p, keep))   # (b, L|S, ·) views
             grad_o_i = part.take(grad_o)                               # (b, L, Ev)
             p_used = p_i * keep_i if keep is not None else p_i         # (b, L, S)
             dv = sum_to(p_used.swapaxes(-1, -2) @ grad_o_i, v_i.shape)   # (b, S, Ev)
@@ -65,12 +67,13 @@ class ScaledDotProductAttentionFunction(Function):
                 dp *= keep_i                                           # (b, L, S)
             ds = softmax_backward(p_i, dp, overwrite=True)             # (b, L, S), in dp's memory
             dq = ds @ k_i                                              # (b, L, E)
-            dq *= scale
+            dq *= scale                                                # (b, L, E)
             dk = sum_to(ds.swapaxes(-1, -2) @ q_i, k_i.shape)          # (b, S, E)
-            return sum_to(dq, q_i.shape), dk, dv
+            return sum_to(dq, q_i.shape), dk, dv                       # each shaped as this part's input
 
         grads = parallel.run(backprop, parts)                          # [(dQ, dK, dV) of each part]
-        return tuple(parallel.join([g[n] for g in grads], x, parts) for n, x in enumerate((q_scaled, k, v)))
+        return tuple(parallel.join([g[n] for g in grads], x, parts)   # (..., L, E), (..., S, E), (..., S, Ev)
+                     for n, x in enumerate((q_scaled, k, v)))
 
 
 def _batch_shape(*arrays):
@@ -80,7 +83,9 @@ def _batch_shape(*arrays):
 
 def _expand(x, like):
     """x (..., n, m) broadcast to like's batch axes — a view with zero strides, no copy — so that a matrix product
-    can write straight into ``like``'s memory."""
+    can write straight into ``like``'s memory. x itself when it has them already (CuPy copies zero-stride inputs)."""
+    if x.shape[:-2] == like.shape[:-2]:
+        return x
     return xp.broadcast_to(x, like.shape[:-2] + x.shape[-2:])
 
 

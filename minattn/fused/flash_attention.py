@@ -33,7 +33,7 @@ class FlashAttentionFunction(Function):
                   ℓ = exp(m − m_new) · ℓ + rowsum(P̃_ij)                              (..., B_q, 1)
                   Õ = exp(m − m_new) · Õ + P̃_ij V_j                                  (..., B_q, Ev)
                   m = m_new
-                O_i = Õ / ℓ,   L_i = m + log ℓ   (the row's logsumexp)                (..., B_q, Ev), (..., B_q)
+                O_i = Õ / ℓ,   L_i = m + log ℓ   (the row's logsumexp)                (..., B_q, Ev), (..., B_q, 1)
               Why the rescaling is exact: after some key blocks, ℓ = Σ_seen exp(a − m) and Õ = Σ_seen exp(a − m) v,
               with m the max of the scores seen. When the max grows to m_new, each term already summed should read
               exp(a − m_new) = exp(a − m) · exp(m − m_new): ONE factor per row, applied to ℓ and Õ, fixes the whole
@@ -98,13 +98,14 @@ class FlashAttentionFunction(Function):
         parts = ctx.parts
 
         def backprop(part):                                                          # one part of the batch
-            q_i, k_i, v_i = part.take(q), part.take(k), part.take(v)
+            q_i, k_i, v_i = part.take(q), part.take(k), part.take(v)                 # (b, L|S, E|Ev) views
             dq, dk, dv = _backward_tiles(q_i, k_i, v_i, *(part.take(x) for x in (out, lse, mask, bias, grad_o)),
-                                         ctx.scale, ctx.causal, ctx.block_size)
-            return sum_to(dq, q_i.shape), sum_to(dk, k_i.shape), sum_to(dv, v_i.shape)
+                                         ctx.scale, ctx.causal, ctx.block_size)      # (b, L, E), (b, S, E), (b, S, Ev)
+            return sum_to(dq, q_i.shape), sum_to(dk, k_i.shape), sum_to(dv, v_i.shape)   # as this part's inputs
 
         grads = parallel.run(backprop, parts)                                        # [(dQ, dK, dV) of each part]
-        return tuple(parallel.join([g[n] for g in grads], x, parts) for n, x in enumerate((q, k, v)))
+        return tuple(parallel.join([g[n] for g in grads], x, parts)                # (..., L, E), (..., S, E), ...
+                     for n, x in enumerate((q, k, v)))
 
 
 def _forward_tiles(q, k, v, mask, bias, out, lse, scale, causal, block_size):
