@@ -31,7 +31,7 @@ tests/test_parallel.py compares them.
 """
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from autograd.backend import BACKEND, xp
 
@@ -184,30 +184,13 @@ def run(work, parts):
                 _pool = ThreadPoolExecutor(max_workers=get_num_threads(), thread_name_prefix="minattn",
                                            initializer=_limit_blas, initargs=(1,))
             futures = [_pool.submit(work, part) for part in parts[1:]]
-        first = _call(work, parts[0])                # the calling thread does a share too
-        rest = [_call(future.result) for future in futures]
-        return [_unwrap(result) for result in [first] + rest]
+        try:
+            first = work(parts[0])                   # the calling thread does a share too
+        finally:
+            wait(futures)                            # every part finishes before anything is raised
+        return [first] + [future.result() for future in futures]
     finally:
         _busy.release()
-
-
-def _call(fn, *args):
-    """fn(*args), or the exception it raised (so that every part finishes before one is re-raised)."""
-    try:
-        return fn(*args)
-    except BaseException as err:  # noqa: B902 — re-raised by _unwrap once all parts are done
-        return _Raised(err)
-
-
-class _Raised:
-    def __init__(self, err):
-        self.err = err
-
-
-def _unwrap(result):
-    if isinstance(result, _Raised):
-        raise result.err
-    return result
 
 
 def join(pieces, x, parts):
