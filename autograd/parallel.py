@@ -150,16 +150,16 @@ class Part:
         return f"Part(axis={self.axis}, span={self.span})"
 
 
-def batch_parts(batch_shape, work, core_ndim=2, num_threads=None):
+def batch_parts(batch_shape, madds, core_ndim=2, num_threads=None):
     """Cut ``batch_shape`` into at most ``num_threads`` (default ``get_num_threads()``) nearly equal parts.
 
-    ``work``: the computation's multiply-adds, roughly; below MIN_WORK, one part. The cut goes along the first batch
+    ``madds``: the computation's multiply-adds, roughly; below MIN_WORK, one part. The cut goes along the first batch
     axis at least as long as the thread count (else the longest one): (B, h) is cut along B, (1, h) along h. One part
     covering everything when there is one thread or nothing to cut.
     """
     threads = get_num_threads() if num_threads is None else num_threads
     batch_shape = tuple(batch_shape)
-    if threads <= 1 or work < MIN_WORK or not batch_shape or max(batch_shape) < 2:
+    if threads <= 1 or madds < MIN_WORK or not batch_shape or max(batch_shape) < 2:
         return [Part(len(batch_shape), 0, None, core_ndim)]
     long_enough = [a for a, size in enumerate(batch_shape) if size >= threads]
     axis = long_enough[0] if long_enough else max(range(len(batch_shape)), key=batch_shape.__getitem__)

@@ -84,7 +84,7 @@ def part_counts(forced, monkeypatch):
     ((3, 1, 7), 0, [1, 1, 1]),
 ])
 def test_batch_parts_cuts_one_axis_into_nearly_equal_parts_covering_it_once(no_min_work, batch, axis, sizes):
-    parts = parallel.batch_parts(batch, work=1, num_threads=THREADS)
+    parts = parallel.batch_parts(batch, madds=1, num_threads=THREADS)
     assert [p.axis for p in parts] == [axis] * len(sizes)
     assert [p.span.stop - p.span.start for p in parts] == sizes
     covered = np.concatenate([np.arange(batch[axis])[p.span] for p in parts])
@@ -99,7 +99,7 @@ def test_batch_parts_cuts_one_axis_into_nearly_equal_parts_covering_it_once(no_m
 ])
 def test_batch_parts_gives_one_part_taking_everything(monkeypatch, batch, work, threads):
     monkeypatch.setattr(parallel, "MIN_WORK", 100)
-    parts = parallel.batch_parts(batch, work=work, num_threads=threads)
+    parts = parallel.batch_parts(batch, madds=work, num_threads=threads)
     assert len(parts) == 1
     x = np.zeros(batch + (3, 2))
     assert parts[0].take(x) is x and parts[0].index(x) is None
@@ -109,15 +109,15 @@ def test_batch_parts_gives_one_part_taking_everything(monkeypatch, batch, work, 
 def test_batch_parts_cuts_at_min_work_and_follows_get_num_threads(monkeypatch):
     """MIN_WORK is the first amount worth cutting; without num_threads the parts follow get_num_threads()."""
     monkeypatch.setattr(parallel, "MIN_WORK", 100)
-    assert len(parallel.batch_parts((8, 4), work=100, num_threads=THREADS)) == THREADS
+    assert len(parallel.batch_parts((8, 4), madds=100, num_threads=THREADS)) == THREADS
     monkeypatch.setattr(parallel, "get_num_threads", lambda: 2)
-    assert len(parallel.batch_parts((8, 4), work=100)) == 2
+    assert len(parallel.batch_parts((8, 4), madds=100)) == 2
 
 
 def test_take_gives_a_view_of_the_part_or_the_whole_array_when_it_broadcasts(no_min_work):
     """Batch (4, 3) cut along B into 1, 1, 2: a full array is sliced (a view); an array of size 1 along B, one
     without the B axis, and None are taken whole."""
-    parts = parallel.batch_parts((4, 3), work=1, num_threads=THREADS)
+    parts = parallel.batch_parts((4, 3), madds=1, num_threads=THREADS)
     full = np.arange(4 * 3 * 5 * 6.0).reshape(4, 3, 5, 6)
     no_b = np.zeros((3, 5, 6))
     for part in parts:
@@ -134,7 +134,7 @@ def test_take_gives_a_view_of_the_part_or_the_whole_array_when_it_broadcasts(no_
 def test_take_along_the_heads_axis(no_min_work):
     """Batch (1, 5) is cut along the heads: an array (..., 5, L, S) is sliced along its own heads axis, wherever
     that axis is; an array with 1 head is taken whole."""
-    parts = parallel.batch_parts((1, 5), work=1, num_threads=THREADS)
+    parts = parallel.batch_parts((1, 5), madds=1, num_threads=THREADS)
     four_d = np.arange(5 * 2 * 3.0).reshape(1, 5, 2, 3)
     three_d = np.arange(5 * 2 * 3.0).reshape(5, 2, 3)                   # lacks the leading B axis
     one_head = np.zeros((1, 1, 2, 3))
@@ -149,7 +149,7 @@ def test_take_along_the_heads_axis(no_min_work):
 
 def test_take_with_core_ndim_1(no_min_work):
     """Rows of a matrix (core_ndim = 1, as LinearFunction cuts them): the rows are the batch axis."""
-    parts = parallel.batch_parts((7,), work=1, core_ndim=1, num_threads=THREADS)
+    parts = parallel.batch_parts((7,), madds=1, core_ndim=1, num_threads=THREADS)
     x = np.arange(7 * 4.0).reshape(7, 4)
     np.testing.assert_array_equal(np.concatenate([p.take(x) for p in parts]), x)
     bias = np.ones(4)
@@ -159,7 +159,7 @@ def test_take_with_core_ndim_1(no_min_work):
 @pytest.mark.parametrize("batch, shape, axis", [((4, 3), (4, 3, 2, 2), 0), ((1, 5), (1, 5, 2, 2), 1),
                                                 ((1, 5), (5, 2, 2), 0)])
 def test_join_places_the_pieces_side_by_side(no_min_work, rng, batch, shape, axis):
-    parts = parallel.batch_parts(batch, work=1, num_threads=THREADS)
+    parts = parallel.batch_parts(batch, madds=1, num_threads=THREADS)
     x = dev(np.zeros(shape))
     pieces = [rng.standard_normal(part.take(x).shape) for part in parts]
     joined = parallel.join([dev(p) for p in pieces], x, parts)
@@ -171,7 +171,7 @@ def test_join_places_the_pieces_side_by_side(no_min_work, rng, batch, shape, axi
 def test_join_sums_the_pieces_of_an_input_broadcast_along_the_cut(no_min_work, rng, shape):
     """Every part used all of x, so x's gradient is the sum of the parts' (as sum_to would give); pieces[0], which
     may be a part's own array, is left alone."""
-    parts = parallel.batch_parts((4, 3), work=1, num_threads=THREADS)
+    parts = parallel.batch_parts((4, 3), madds=1, num_threads=THREADS)
     x = dev(np.zeros(shape))
     pieces = [rng.standard_normal(shape) for _ in parts]
     first = pieces[0].copy()
@@ -181,7 +181,7 @@ def test_join_sums_the_pieces_of_an_input_broadcast_along_the_cut(no_min_work, r
 
 
 def test_join_of_one_part_is_its_piece(no_min_work):
-    parts = parallel.batch_parts((4, 3), work=1, num_threads=1)
+    parts = parallel.batch_parts((4, 3), madds=1, num_threads=1)
     piece = dev(np.ones((4, 3, 2, 2)))
     assert parallel.join([piece], piece, parts) is piece
 
@@ -192,7 +192,7 @@ def test_join_of_one_part_is_its_piece(no_min_work):
 def test_run_returns_results_in_part_order_and_runs_the_parts_at_once(forced):
     """The parts wait for each other at a barrier: it is passed only if all three run at the same time. Part 0
     runs on the calling thread, the others on workers; part 0 finishes last, yet its result comes first."""
-    parts = parallel.batch_parts((6,), work=1, core_ndim=1)
+    parts = parallel.batch_parts((6,), madds=1, core_ndim=1)
     barrier = threading.Barrier(len(parts), timeout=10)
 
     def work(part):
@@ -210,7 +210,7 @@ def test_run_returns_results_in_part_order_and_runs_the_parts_at_once(forced):
 
 @pytest.mark.parametrize("failing", [0, 1, 2])
 def test_run_reraises_an_exception_after_every_part_finished(forced, failing):
-    parts = parallel.batch_parts((6,), work=1, core_ndim=1)
+    parts = parallel.batch_parts((6,), madds=1, core_ndim=1)
     finished = []
 
     def work(part):
@@ -231,8 +231,8 @@ def test_run_reraises_an_exception_after_every_part_finished(forced, failing):
 
 def test_a_run_nested_in_a_run_goes_serial_and_is_right(forced):
     """Each outer part runs an inner run over 6 rows: every inner part on the outer part's own thread."""
-    outer = parallel.batch_parts((3,), work=1, core_ndim=1)
-    inner = parallel.batch_parts((6,), work=1, core_ndim=1)
+    outer = parallel.batch_parts((3,), madds=1, core_ndim=1)
+    inner = parallel.batch_parts((6,), madds=1, core_ndim=1)
     x = np.arange(6.0)[:, None]                               # 6 rows of 1
 
     def outer_work(part):
@@ -255,7 +255,7 @@ def test_fused_attention_inside_a_run_is_right(forced, rng):
     gradients put together equal one call on the whole batch."""
     q, k, v = rng.standard_normal((4, 3, 7, 4)), rng.standard_normal((4, 3, 10, 4)), rng.standard_normal((4, 3, 10, 3))
     w = rng.standard_normal((4, 3, 7, 3))
-    outer = parallel.batch_parts((4,), work=1, core_ndim=3)
+    outer = parallel.batch_parts((4,), madds=1, core_ndim=3)
 
     def attend(arrays, cotangent):
         tensors = [t64(a) for a in arrays]

@@ -28,12 +28,12 @@ class ScaledDotProductAttentionFunction(Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask=None, bias=None, scale=1.0, keep=None):
-        batch = _batch_shape(q, k, v, mask, bias, keep)                # (...) every batch axis, broadcast
+        batch = masks.batch_shape(q, k, v, mask, bias, keep)           # (...) every batch axis, broadcast
         q_scaled = q * q.dtype.type(scale)                             # (..., L, E)
         p = xp.empty(batch + (q.shape[-2], k.shape[-2]), dtype=q.dtype)   # (..., L, S) the weights, filled part by part
         out = xp.empty_like(q, shape=batch + (q.shape[-2], v.shape[-1]))   # (..., L, Ev) laid out as q: see below
-        work = p.size * (q.shape[-1] + v.shape[-1])                    # multiply-adds of Q̃ Kᵀ and P V
-        parts = parallel.batch_parts(batch, work)                      # the batch cut in one part per core
+        madds = p.size * (q.shape[-1] + v.shape[-1])                   # multiply-adds of Q̃ Kᵀ and P V
+        parts = parallel.batch_parts(batch, madds)                     # the batch cut in one part per core
 
         def attend(part):                                              # the forward above, on one part of the batch
             p_i, out_i = part.take(p), part.take(out)                  # (b, L, S), (b, L, Ev): views to fill
@@ -74,11 +74,6 @@ class ScaledDotProductAttentionFunction(Function):
         grads = parallel.run(backprop, parts)                          # [(dQ, dK, dV) of each part]
         return tuple(parallel.join([g[n] for g in grads], x, parts)   # (..., L, E), (..., S, E), (..., S, Ev)
                      for n, x in enumerate((q_scaled, k, v)))
-
-
-def _batch_shape(*arrays):
-    """The broadcast of the batch axes (all but the last two) of the arrays that are not None."""
-    return masks.broadcast_shape(*(x.shape[:-2] for x in arrays if x is not None))
 
 
 def _expand(x, like):

@@ -80,7 +80,7 @@ class FlashAttentionFunction(Function):
     def forward(ctx, q, k, v, mask=None, bias=None, scale=1.0, causal=False, block_size=128, dropout_p=0.0):
         _check_options(block_size, dropout_p)
         num_queries, num_keys, value_dim = q.shape[-2], k.shape[-2], v.shape[-1]
-        batch = _batch_shape(q, k, v, mask, bias)                                   # (...)
+        batch = masks.batch_shape(q, k, v, mask, bias)                                # (...)
         mask, bias = _to_scores_shape(mask, num_queries, num_keys), _to_scores_shape(bias, num_queries, num_keys)
         scale = q.dtype.type(scale)
         out = xp.empty(batch + (num_queries, value_dim), dtype=q.dtype)            # (..., L, Ev)
@@ -165,8 +165,8 @@ def _backward_tiles(q, k, v, out, lse, mask, bias, grad_o, scale, causal, block_
 
 def _parts(batch, q, k, v):
     """The batch cut in one part per core (autograd/parallel.py), by the dense algorithm's multiply-adds."""
-    work = math.prod(batch) * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
-    return parallel.batch_parts(batch, work)
+    madds = math.prod(batch) * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+    return parallel.batch_parts(batch, madds)
 
 
 def _check_options(block_size, dropout_p):
@@ -176,12 +176,6 @@ def _check_options(block_size, dropout_p):
     if dropout_p != 0:
         raise ValueError(f"flash attention does not support dropout (got dropout_p={dropout_p}); "
                          "use the dense attention path for attention dropout")
-
-
-def _batch_shape(q, k, v, mask=None, bias=None):
-    """The broadcast of the batch axes (all but the last two) of q, k, v and of the mask and bias, if any."""
-    shapes = [x.shape[:-2] for x in (q, k, v, mask, bias) if x is not None]
-    return masks.broadcast_shape(*shapes)
 
 
 def _to_scores_shape(array, num_queries, num_keys):
@@ -219,7 +213,7 @@ def flash_attention_reference(q, k, v, mask=None, bias=None, scale=1.0, causal=F
     gradient (as in ``softmax_reference``). Arguments as ``FlashAttentionFunction``; q, k, v are Tensors.
     """
     num_queries, num_keys, value_dim = q.shape[-2], k.shape[-2], v.shape[-1]
-    batch = _batch_shape(q, k, v, mask, bias)                                        # (...)
+    batch = masks.batch_shape(q, k, v, mask, bias)                                     # (...)
     mask, bias = _to_scores_shape(mask, num_queries, num_keys), _to_scores_shape(bias, num_queries, num_keys)
     blocks = []
     for i0, i1 in _blocks(num_queries, block_size):

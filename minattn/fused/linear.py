@@ -40,9 +40,9 @@ class LinearFunction(Function):
         needs = ctx.needs_input_grad
         dx = xp.empty(rows_x.shape, dtype=x.dtype) if needs[0] else None   # (N, in)
         dw = xp.empty(weight.shape, dtype=weight.dtype) if needs[1] else None   # (out, in)
-        work = rows_g.size * rows_x.shape[1]                         # multiply-adds of each product
-        row_parts = parallel.batch_parts(rows_g.shape[:1], work, core_ndim=1)    # blocks of rows of dx
-        out_parts = parallel.batch_parts(weight.shape[:1], work, core_ndim=1)    # blocks of rows of dW
+        madds = rows_g.size * rows_x.shape[1]                        # multiply-adds of each product
+        row_parts = parallel.batch_parts(rows_g.shape[:1], madds, core_ndim=1)   # blocks of rows of dx
+        out_parts = parallel.batch_parts(weight.shape[:1], madds, core_ndim=1)   # blocks of rows of dW
 
         def backprop(n):                                             # part n of dx and part n of dW
             if dx is not None and n < len(row_parts):
