@@ -208,7 +208,7 @@ def _check_qkv(query, key, value):
         raise ValueError(f"query {query.shape} and key {key.shape} must share the last axis E")
     if key.shape[-2] != value.shape[-2]:
         raise ValueError(f"key {key.shape} and value {value.shape} must share the length axis S")
-    batch = masks.broadcast_shape(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    batch = masks.batch_shape(query, key, value)
     return batch, query.shape[-2], key.shape[-2]
 
 
@@ -254,7 +254,7 @@ def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
     keep = None
     if dropout_p > 0:
-        batch = masks.broadcast_shape(query.shape[:-2], key.shape[:-2])          # (...)
+        batch = masks.batch_shape(query, key)                                     # (...)
         keep = dropout_keep(batch + (query.shape[-2], key.shape[-2]), dropout_p, query.dtype)   # (..., L, S)
     out, ctx = ScaledDotProductAttentionFunction.apply_with_ctx(query, key, value, mask=mask, bias=bias,
                                                                  scale=scale, keep=keep)          # (..., L, Ev)

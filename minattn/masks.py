@@ -25,6 +25,12 @@ def broadcast_shape(*shapes):
     return tuple(out)
 
 
+def batch_shape(*arrays):
+    """The broadcast of the batch axes (all but the last two) of the arrays that are not None: for q (..., L, E),
+    k (..., S, E), masks (..., L, S), the batch the attention runs over. ValueError as ``broadcast_shape``."""
+    return broadcast_shape(*(x.shape[:-2] for x in arrays if x is not None))
+
+
 def causal_mask(num_queries, num_keys):
     """Boolean (L, S), True where key j <= query i (top-left aligned, as PyTorch's ``is_causal``)."""
     return xp.tril(xp.ones((num_queries, num_keys), dtype=bool))
