@@ -13,6 +13,9 @@ class LinearFunction(Function):
               db = Σ_rows dy                       (out,)
               because y_ri = Σ_j x_rj W_ij + b_i, so ∂y_ri/∂x_rj = W_ij, ∂y_ri/∂W_ij = x_rj, ∂y_ri/∂b_i = 1.
     The leading axes of x are flattened into rows so dW and db are one matrix product and one sum.
+    On several CPU cores (autograd/parallel.py) each product is cut into blocks of rows: rows r of y and dx need
+    only rows r of x and dy; rows i of dW need only column i of dy. Each block is the formula above on a slice, so
+    nothing is summed across blocks and the result is the same.
     Source:   PyTorch nn.Linear; d2l §3.4
     """
 
