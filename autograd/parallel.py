@@ -1,34 +1,46 @@
-"""Run one computation on parts of a batch at the same time, one part per CPU core (data parallelism).
+"""The execution layer: how a fused operation's math is run — cut along its batch, on the CPU cores at once.
 
-Why: attention is a batch of B·h independent problems (one per sequence and head), each a few small matrix products
-and a softmax. NumPy runs the softmax's elementwise passes (max, exp, sum, divide) on ONE core, and OpenBLAS runs a
-(128 × 32) @ (32 × 128) product on one core too (too small to be worth splitting). So on a 2-core laptop half the
-machine sits idle — while PyTorch's CPU kernels split the batch across cores (``at::parallel_for``). We do the same:
-cut the batch into ``get_num_threads()`` parts along one batch axis and give each part to a Python thread. NumPy
-releases Python's GIL inside ufuncs, reductions and matmul, so the threads really run at once.
+The math files (minattn/fused/) write each forward and backward as formulas on whole arrays. How those formulas are
+executed is decided here, from outside, by the same one call for every fused op:
 
-The same goes for the big products of the Linear layers: their rows are cut into parts as well. So that 2 parts
-never fight 2 BLAS threads for 2 cores, NumPy's BLAS is held to ONE thread (threadpoolctl) whenever minattn computes
-on more than one — set once, at import, as ``torch.set_num_threads`` does for PyTorch's BLAS. Letting OpenBLAS keep
-its own threads is worse than it sounds: after a multi-threaded call its idle workers busy-wait ~0.1 s for the next
-one, holding a core our threads then cannot use (measured on 2 cores: two threads of ``exp`` ran no faster than one
-right after a 2-thread matmul). ``set_num_threads(1)`` gives the BLAS its own thread count back. On CuPy nothing of
-this applies: one part, the GPU is already parallel.
+    out, p = parallel.map_batch(attention_forward, q, k, v, mask, bias, dropout_mask, scale=scale)
+    dq, dk, dv = parallel.map_batch(attention_backward, q, k, v, p, dropout_mask, grad_o, scale=scale,
+                                    grads_for=(q, k, v))
 
-How a Function uses it (see minattn/fused/attention.py):
+- Positional arguments are arrays (or None) with batch axes in front of ``core_ndim`` core axes, aligned from the
+  right as NumPy broadcasts them: q (B, h, L, E) has core (L, E) and batch (B, h). They are cut along one batch axis
+  into chunks; an array that broadcasts along that axis (size 1 there, or no such axis) is given whole to every chunk.
+- Keyword arguments are given whole to every chunk: weights, scales, flags.
+- The function runs once per chunk, on a slice (a view, no copy) of each array. Its outputs are written side by side
+  into one array each, chunk by chunk as they finish (so only the chunks in flight exist twice).
+- ``grads_for=(x, ...)``: the outputs are gradients, one per input named, each already shaped like that input's
+  slice (the math does its own ``sum_to``). The gradient of an input cut into chunks is placed side by side; the
+  gradient of an input every chunk took whole is the SUM of the chunks' gradients — every chunk used all of it, so
+  each chunk's gradient counts, the rule of ``sum_to``. The sum is taken in chunk order, so it is deterministic.
 
-    parts = parallel.batch_parts(batch_shape, madds)    # how to cut it (madds: its multiply-adds): [Part, ...]
-    def work(part):                                      # the math, on one part: part.take(x) is x's slice
-        ...
-    results = parallel.run(work, parts)                  # [work(part) for part in parts], on threads
-    grad_q = parallel.join([r[0] for r in results], q, parts)   # per-part gradients → one gradient shaped like q
+Why: attention is a batch of B·h independent problems, each a few small matrix products and a softmax. NumPy runs
+a softmax's passes on ONE core and OpenBLAS runs a (128 × 32) @ (32 × 128) product on one core too, so on a 2-core
+machine half of it idles — while PyTorch's CPU kernels split the batch across cores (``at::parallel_for``). Chunks run
+on Python threads; NumPy releases the GIL inside ufuncs, reductions and matmul, so the threads really run at once.
+Chunks of about CHUNK_WORK multiply-adds also keep each formula's temporaries small (a chunk of the (L, S) weights,
+not the whole), which holds the peak memory of plain, textbook formulas near that of hand-written in-place code.
 
-An array broadcasts along the cut axis (its size there is 1, or it lacks the axis): every part takes all of it, and
-``join`` sums the parts' gradients for it instead of placing them side by side — the same rule as ``sum_to``.
+When: the work is estimated from the arrays (``work``). Below MIN_WORK the function runs once, on the whole arrays,
+with nothing added (handing a chunk to a thread costs ~20-40 µs). Above it, the batch is cut into chunks of about
+CHUNK_WORK, a multiple of the thread count when the batch allows, and ``get_num_threads()`` threads take them in turn.
 
-The result is the same as one call on the whole batch (each (L, S) problem sees the same arithmetic), to rounding:
-tests/test_parallel.py compares them.
+The BLAS: while a fused op runs, NumPy's BLAS is held to ONE thread (threadpoolctl), then given back its own count
+— minattn's threads are all the threads it computes on, so 2 chunks never fight 2 BLAS threads for 2 cores. Nothing
+changes at import and nothing stays changed after a call: outside minattn's fused ops the BLAS runs as you set it. (After a multi-threaded call,
+OpenBLAS's idle workers busy-wait ~0.1 s for more work, holding a core: measured on 2 cores, two threads of ``exp``
+ran no faster than one right after a 2-thread matmul. Holding the BLAS at one thread during our runs avoids that.)
+CuPy: one piece, always — the GPU is parallel already.
+
+The result is the same as one call on the whole arrays, up to the order of floating-point additions in the summed
+gradients: tests/test_parallel.py checks every fused op both ways to 1e-12 in float64.
 """
+import itertools
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -36,71 +48,47 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from autograd.backend import BACKEND, xp
 
 MIN_WORK = 4_000_000
-"""Below this many multiply-adds a computation runs in one piece: handing a part to a thread costs ~20-40 µs, what a
-core does in ~4 M multiply-adds, so smaller work gains nothing from being cut (the toy copy task is all such work)."""
+"""Below this many multiply-adds (roughly, see ``work``) a function runs once on the whole arrays, on one thread."""
 
+CHUNK_WORK = 32_000_000
+"""About this many multiply-adds per chunk above MIN_WORK (some milliseconds of work): big work is cut into more
+chunks than threads, so that each formula's temporaries stay a chunk's size, not the whole batch's."""
+
+_threads = None              # how many threads; None: the default, found on first use
 _pool = None                 # the worker threads, made on first use
 _pool_lock = threading.Lock()   # guards _pool: set_num_threads may replace it while another thread runs
-_busy = threading.Lock()     # one run at a time: a nested or concurrent run goes serial (see run)
-_blas = None                 # threadpoolctl's controller of the BLAS libraries loaded
-_blas_threads = None         # the BLAS's own thread count, as found at import (given back by set_num_threads(1))
-_num_threads = 1             # how many parts; set below
+_busy = threading.Lock()     # one threaded run at a time: a nested or concurrent run goes serial (see run)
+_blas = None                 # threadpoolctl's controllers of the BLAS libraries NumPy loaded, found on first use
 
 
-def _blas_controller():
-    """threadpoolctl's ThreadpoolController (it finds the BLAS that NumPy loaded), made once."""
-    global _blas
-    if _blas is None:
-        from threadpoolctl import ThreadpoolController
-        _blas = ThreadpoolController()
-    return _blas
-
-
-def _limit_blas(threads):
-    """Set the BLAS's thread count to ``threads`` for good (threadpoolctl's limit outside a ``with``).
-
-    An OpenBLAS built on OpenMP keeps one count per calling thread, hence this also runs in each worker thread. One
-    built on pthreads has one pool for the process, and threadpoolctl ≥ 3.8 then lets only the thread that first set
-    a limit change it again, ignoring the others without a word: we hand control back after each change, so that
-    ``set_num_threads`` works from any thread.
-    """
-    from threadpoolctl import OpenBLASController
-    _blas_controller().limit(limits=threads, user_api="blas")
-    clear = getattr(OpenBLASController, "clear_controlling_thread", None)   # threadpoolctl < 3.8 has no such rule
-    if clear is not None:
-        clear()
-
-
+# --- how many threads ------------------------------------------------------------------------------------------------
 def get_num_threads():
-    """How many threads minattn computes on (how many parts a batch is cut into). Named as ``torch.get_num_threads``.
+    """How many threads minattn computes on. Named as ``torch.get_num_threads``.
 
-    Default: the BLAS's own thread count at import (OpenBLAS takes every core unless OPENBLAS_NUM_THREADS /
-    OMP_NUM_THREADS say otherwise), at most the CPUs this process may use; 1 where threadpoolctl finds no BLAS (e.g.
-    Apple's Accelerate). Always 1 on CuPy.
+    Default: the BLAS's own thread count (OpenBLAS takes every core unless OPENBLAS_NUM_THREADS / OMP_NUM_THREADS say
+    otherwise), at most the CPUs this process may use; 1 where threadpoolctl finds no BLAS (e.g. Apple's Accelerate).
+    Always 1 on CuPy. Reading it changes nothing.
     """
-    return _num_threads
+    global _threads
+    if _threads is None:
+        counts = [lib.num_threads for lib in _blas_libraries()]
+        _threads = max(1, min(max(counts, default=1), _usable_cpus()))
+    return _threads
 
 
 def set_num_threads(n):
     """Compute on ``n`` threads from now on; ``None``: the default (see get_num_threads). Named as PyTorch's.
 
-    With n > 1 NumPy's BLAS is held to ONE thread and minattn splits the work itself: after a multi-threaded call,
-    OpenBLAS's idle workers busy-wait for about 0.1 s (2^28 cycles) for the next one, occupying a core that our threads
-    then cannot use — measured here, two threads of ``exp`` ran no faster than one right after a 2-thread matmul.
-    n = 1 gives the BLAS its own thread count back (it then splits big matrix products by itself, as usual).
-    Raises ValueError unless n is None or a positive int.
+    Changes minattn's own thread count only: the BLAS is held to one thread while minattn's chunks run on several,
+    and runs as you set it otherwise. Raises ValueError unless n is None or a positive int.
     """
-    global _num_threads, _pool, _blas_threads
+    global _threads, _pool
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
     if BACKEND != "numpy":
         return
-    if _blas_threads is None:
-        counts = [lib["num_threads"] for lib in _blas_controller().info() if lib["user_api"] == "blas"]
-        _blas_threads = max(counts) if counts else 1
-    _num_threads = min(_blas_threads, _usable_cpus()) if n is None else n
-    _limit_blas(1 if _num_threads > 1 else _blas_threads)
-    with _pool_lock:                             # a run in flight keeps the old pool until its parts are done
+    _threads = n
+    with _pool_lock:                             # a run in flight keeps the old pool until its chunks are done
         old, _pool = _pool, None
     if old is not None:
         old.shutdown(wait=False)
@@ -114,103 +102,262 @@ def _usable_cpus():
         return os.cpu_count() or 1
 
 
+# --- the BLAS, held to one thread during a threaded run ---------------------------------------------------------------
+def _blas_libraries():
+    """threadpoolctl's controllers of the BLAS libraries loaded (none on CuPy, or without threadpoolctl's help)."""
+    global _blas
+    if _blas is None:
+        if BACKEND != "numpy":
+            _blas = []
+        else:
+            from threadpoolctl import ThreadpoolController
+            _blas = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _blas
+
+
+def _set_blas_threads(lib, n):
+    """Set one BLAS's thread count. threadpoolctl ≥ 3.8 lets only the thread that last changed a pthreads OpenBLAS
+    change it again (silently ignoring the others): hand that control back after each change, so any thread can."""
+    lib.set_num_threads(n)
+    clear = getattr(lib, "clear_controlling_thread", None)
+    if clear is not None:
+        clear()
+
+
+class _BlasHeldToOneThread:
+    """``with _BlasHeldToOneThread():`` the BLAS runs one thread inside, and its own count again after."""
+
+    def __enter__(self):
+        self.restore = [(lib, lib.get_num_threads()) for lib in _blas_libraries()]
+        for lib, count in self.restore:
+            if count != 1:
+                _set_blas_threads(lib, 1)
+
+    def __exit__(self, *exc):
+        for lib, count in self.restore:
+            if count != 1:
+                _set_blas_threads(lib, count)
+
+
+def _worker_init():
+    """Each worker thread: a BLAS built on OpenMP keeps one count per calling thread, so set ours to 1 (it changes
+    nothing outside our own workers; a pthreads BLAS has one count, held by ``_BlasHeldToOneThread``)."""
+    for lib in _blas_libraries():
+        if getattr(lib, "threading_layer", None) == "openmp":
+            lib.set_num_threads(1)
+
+
+# --- cutting a batch -------------------------------------------------------------------------------------------------
+class Chunk:
+    """One chunk of a batch: batch axis ``axis`` (counted from the left of the ``batch_ndim`` batch axes) cut to
+    ``span``. ``take(x, core_ndim)`` is x's share (a view); ``index`` the index that selects it, None when x
+    broadcasts along the cut axis (every chunk takes all of x)."""
+
+    def __init__(self, batch_ndim, axis, span):
+        self.batch_ndim, self.axis, self.span = batch_ndim, axis, span
+
+    def index(self, x, core_ndim):
+        """The tuple index of x's share, or None when x broadcasts along the cut axis."""
+        position = self.axis - (self.batch_ndim - (x.ndim - core_ndim))   # the cut axis among x's axes
+        if position < 0 or x.shape[position] == 1:
+            return None
+        return (slice(None),) * position + (self.span,)
+
+    def take(self, x, core_ndim):
+        """x's share of this chunk (a view); x itself when it broadcasts along the cut axis, or is not an array."""
+        if not hasattr(x, "ndim"):
+            return x
+        index = self.index(x, core_ndim)
+        return x if index is None else x[index]
+
+    def __repr__(self):
+        return f"Chunk(axis={self.axis}, span={self.span})"
+
+
+def batch_shape(arrays, core_ndims):
+    """The broadcast of the arrays' batch axes (all but the last ``core_ndim`` of each; None entries skipped).
+    ValueError naming the shapes when they do not broadcast."""
+    shapes = [a.shape[:max(a.ndim - c, 0)] for a, c in zip(arrays, core_ndims) if hasattr(a, "ndim")]
+    ndim = max(map(len, shapes), default=0)
+    out = []
+    for axis in range(ndim):
+        sizes = {s[axis - ndim + len(s)] for s in shapes if axis - ndim + len(s) >= 0} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"batch shapes {' and '.join(map(str, shapes))} do not broadcast")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def work(arrays, core_ndims):
+    """The multiply-adds of a computation on ``arrays``, roughly: every element meets one row of the largest core
+    axis (a matrix product's count when the arrays are its operands)."""
+    arrays = [(a, c) for a, c in zip(arrays, core_ndims) if hasattr(a, "ndim")]
+    longest = max((max(a.shape[max(a.ndim - c, 0):], default=1) for a, c in arrays), default=1)
+    return sum(a.size for a, _ in arrays) * longest
+
+
+def chunks(batch, total_work, threads=None):
+    """Cut ``batch`` (a shape) into chunks of about CHUNK_WORK, a multiple of ``threads`` (default
+    ``get_num_threads()``) where the batch allows; one chunk (covering everything) below MIN_WORK.
+
+    The cut goes along the first batch axis at least as long as the thread count, else the longest one: (B, h) is
+    cut along B, (1, h) along h.
+    """
+    threads = get_num_threads() if threads is None else threads
+    if total_work < MIN_WORK or not batch or max(batch) < 2:
+        return [Chunk(len(batch), 0, slice(None))]
+    long_enough = [a for a, size in enumerate(batch) if size >= threads]
+    axis = long_enough[0] if long_enough else max(range(len(batch)), key=batch.__getitem__)
+    size = batch[axis]
+    count = min(size, threads * max(1, math.ceil(total_work / (CHUNK_WORK * threads))))
+    bounds = [size * i // count for i in range(count + 1)]
+    return [Chunk(len(batch), axis, slice(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+# --- running chunks on threads ---------------------------------------------------------------------------------------
+def run(task, count):
+    """``task(i)`` for i in 0..count-1, on up to ``get_num_threads()`` threads (the caller's among them), which take
+    the next i in turn. One thread, or a run already in progress (nested, or from another thread): serially, right
+    here. An exception in any task is raised here, after every task has finished."""
+    global _pool
+    threads = min(get_num_threads(), count)
+    if threads <= 1 or not _busy.acquire(blocking=False):
+        for i in range(count):
+            task(i)
+        return
+    try:
+        counter = itertools.count()             # next() on it is atomic under the GIL: each i is handed out once
+
+        def take_turns():
+            for i in counter:
+                if i >= count:
+                    return
+                task(i)
+
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=get_num_threads() - 1, thread_name_prefix="minattn",
+                                           initializer=_worker_init)
+            futures = [_pool.submit(take_turns) for _ in range(threads - 1)]
+        try:
+            take_turns()                         # the calling thread takes chunks too
+        finally:
+            wait(futures)                        # every task finishes before anything is raised
+        for future in futures:
+            future.result()
+    finally:
+        _busy.release()
+
+
+def map_batch(fn, *arrays, core_ndim=2, grads_for=None, **whole):
+    """``fn(*arrays, **whole)``, computed chunk by chunk along the batch on several threads (see the module
+    docstring). Returns what fn returns: one array or a tuple (None entries pass through).
+
+    Args:
+        fn: the math, on whole arrays; it must give each chunk's outputs with that chunk's batch axes.
+        arrays: arrays (or None) cut along the batch; ``core_ndim``: their core axes, one int for all or one per array.
+        grads_for: None, or the inputs (among ``arrays`` or the keyword arrays, by identity; None allowed) that fn's
+            outputs are the gradients of, in order.
+        whole: keyword arguments given whole to every chunk.
+    """
+    cores = core_ndim if isinstance(core_ndim, tuple) else (core_ndim,) * len(arrays)
+    if BACKEND != "numpy":
+        return fn(*arrays, **whole)
+    with _BlasHeldToOneThread():
+        total = work(arrays, cores)
+        parts = chunks(batch_shape(arrays, cores), total) if total >= MIN_WORK else ()
+        if len(parts) <= 1:
+            return fn(*arrays, **whole)
+        join = _Join(parts, batch_shape(arrays, cores), arrays, cores, grads_for)
+        run(lambda i: join.add(i, fn(*(parts[i].take(a, c) for a, c in zip(arrays, cores)), **whole)), len(parts))
+        return join.result()
+
+
+class _Join:
+    """The chunks' outputs, gathered into whole arrays as each chunk finishes (see map_batch)."""
+
+    def __init__(self, parts, batch, arrays, cores, grads_for):
+        self.parts, self.batch, self.arrays, self.cores, self.grads_for = parts, batch, arrays, cores, grads_for
+        self.lock = threading.Lock()
+        self.single = None                       # does fn return one array (not a tuple)?
+        self.wholes = None                       # per output: a whole array to place into, or a list to sum
+        self.places = None                       # per output: (core_ndim of the whole) or None to sum
+
+    def _start(self, outputs):
+        """Make the whole arrays from the first outputs seen (their dtypes and core shapes)."""
+        self.wholes, self.places = [], []
+        for n, piece in enumerate(outputs):
+            target = None if self.grads_for is None else self.grads_for[n]
+            if piece is None:
+                self.wholes.append(None)
+                self.places.append(None)
+            elif target is None and self.grads_for is not None:
+                raise ValueError(f"map_batch: output {n} is a gradient for None")
+            elif target is not None and not self._is_cut(target):
+                self.wholes.append([None] * len(self.parts))    # every chunk's gradient, summed at the end
+                self.places.append(None)
+            else:
+                self.wholes.append(self._whole_like(piece, target))
+                self.places.append(self._core_ndim(target) if target is not None else piece.ndim - len(self.batch))
+
+    def _core_ndim(self, x):
+        for a, c in zip(self.arrays, self.cores):
+            if a is x:
+                return c
+        return None
+
+    def _is_cut(self, x):
+        """Is ``x`` one of the positional arrays, cut into chunks (not broadcast along the cut axis)?"""
+        core = self._core_ndim(x)
+        return core is not None and self.parts[0].index(x, core) is not None
+
+    def _whole_like(self, piece, target):
+        """The whole array an output's chunks go into: a gradient is laid out as its input (a transposed view gets a
+        transposed gradient), an output as an input of the same shape if there is one (so that, e.g., attention's
+        output keeps the heads' layout and merging the heads stays a view); else C order."""
+        if target is not None:
+            return xp.empty_like(target, dtype=piece.dtype)
+        cut = self.parts[0].axis
+        shape = piece.shape[:cut] + (self.batch[cut],) + piece.shape[cut + 1:]
+        for a in self.arrays:
+            if hasattr(a, "shape") and a.shape == shape and a.dtype == piece.dtype:
+                return xp.empty_like(a)
+        return xp.empty(shape, dtype=piece.dtype)
+
+    def add(self, i, outputs):
+        """Chunk i's outputs: placed into the whole arrays now (disjoint slices: no lock needed), or kept to sum."""
+        single = not isinstance(outputs, tuple)
+        outputs = (outputs,) if single else outputs
+        with self.lock:
+            if self.wholes is None:
+                self.single = single
+                self._start(outputs)
+        for whole, core, piece in zip(self.wholes, self.places, outputs):
+            if piece is None:
+                continue
+            if isinstance(whole, list):
+                whole[i] = piece
+            else:
+                whole[self.parts[i].index(whole, core)] = piece
+
+    def result(self):
+        """The whole outputs, in fn's order (sums taken in chunk order: deterministic)."""
+        out = []
+        for whole in self.wholes:
+            if isinstance(whole, list):
+                total = whole[0].copy()
+                for piece in whole[1:]:
+                    total += piece
+                whole = total
+            out.append(whole)
+        return out[0] if self.single else tuple(out)
+
+
 def _forget_pool_after_fork():
     """In a child made by fork the pool's threads do not exist (only the forking thread is copied): start afresh."""
     global _pool, _pool_lock, _busy
     _pool, _pool_lock, _busy = None, threading.Lock(), threading.Lock()
 
 
-class Part:
-    """One part of a batch: the batch axis ``axis`` (counted from the left of the batch shape) cut to ``span``.
-
-    ``take(x)`` gives x's share (a view, no copy); ``index(x)`` the index that selects it, or None when x broadcasts
-    along the cut axis and every part takes all of it. Arrays are batch axes followed by ``core_ndim`` axes (2 for
-    matrices: (..., L, E)), aligned from the right as NumPy broadcasts them.
-    """
-
-    def __init__(self, batch_ndim, axis, span, core_ndim):
-        self.batch_ndim, self.axis, self.span, self.core_ndim = batch_ndim, axis, span, core_ndim
-
-    def index(self, x):
-        """The tuple index of x's share of this part, or None when x broadcasts along the cut axis."""
-        own = x.ndim - self.core_ndim                    # x's batch axes (may be fewer than the batch's)
-        position = self.axis - (self.batch_ndim - own)   # the cut axis among x's axes
-        if position < 0 or x.shape[position] == 1 or self.span is None:
-            return None
-        return (slice(None),) * position + (self.span,)
-
-    def take(self, x):
-        """x's share of this part (a view); x itself when it broadcasts along the cut axis or is None."""
-        if x is None:
-            return None
-        index = self.index(x)
-        return x if index is None else x[index]
-
-    def __repr__(self):
-        return f"Part(axis={self.axis}, span={self.span})"
-
-
-def batch_parts(batch_shape, madds, core_ndim=2, num_threads=None):
-    """Cut ``batch_shape`` into at most ``num_threads`` (default ``get_num_threads()``) nearly equal parts.
-
-    ``madds``: the computation's multiply-adds, roughly; below MIN_WORK, one part. The cut goes along the first batch
-    axis at least as long as the thread count (else the longest one): (B, h) is cut along B, (1, h) along h. One part
-    covering everything when there is one thread or nothing to cut.
-    """
-    threads = get_num_threads() if num_threads is None else num_threads
-    batch_shape = tuple(batch_shape)
-    if threads <= 1 or madds < MIN_WORK or not batch_shape or max(batch_shape) < 2:
-        return [Part(len(batch_shape), 0, None, core_ndim)]
-    long_enough = [a for a, size in enumerate(batch_shape) if size >= threads]
-    axis = long_enough[0] if long_enough else max(range(len(batch_shape)), key=batch_shape.__getitem__)
-    size = batch_shape[axis]
-    count = min(threads, size)
-    bounds = [size * i // count for i in range(count + 1)]
-    return [Part(len(batch_shape), axis, slice(lo, hi), core_ndim) for lo, hi in zip(bounds[:-1], bounds[1:])]
-
-
-def run(work, parts):
-    """``[work(part) for part in parts]``, the parts on threads at once.
-
-    One part (or a run already in progress: nested, or from another thread) runs right here, serially. An exception
-    in any part is raised here after every part has finished.
-    """
-    global _pool
-    if len(parts) == 1 or not _busy.acquire(blocking=False):
-        return [work(part) for part in parts]
-    try:
-        with _pool_lock:
-            if _pool is None:
-                _pool = ThreadPoolExecutor(max_workers=get_num_threads(), thread_name_prefix="minattn",
-                                           initializer=_limit_blas, initargs=(1,))
-            futures = [_pool.submit(work, part) for part in parts[1:]]
-        try:
-            first = work(parts[0])                   # the calling thread does a share too
-        finally:
-            wait(futures)                            # every part finishes before anything is raised
-        return [first] + [future.result() for future in futures]
-    finally:
-        _busy.release()
-
-
-def join(pieces, x, parts):
-    """One gradient shaped like ``x`` from each part's gradient for x's share (``pieces[i]`` for ``parts[i]``, each
-    already summed to ``parts[i].take(x).shape``): placed side by side along the cut axis, or summed when x
-    broadcasts along it (every part used all of x, so every part's gradient counts — as in ``sum_to``)."""
-    if len(parts) == 1:
-        return pieces[0]
-    index = parts[0].index(x)
-    if index is None:
-        total = pieces[0].copy()
-        for piece in pieces[1:]:
-            total += piece
-        return total
-    whole = xp.empty_like(x, dtype=pieces[0].dtype)    # x's memory layout: a transposed view gets a transposed grad
-    for part, piece in zip(parts, pieces):
-        whole[part.index(x)] = piece
-    return whole
-
-
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
-set_num_threads(None)

@@ -4,9 +4,11 @@ Read in this order: module.py (Module, Parameter), fused/ (each operation with i
 checked public functions), masks.py, layers.py, attention.py (MultiHeadAttention), talking_heads.py, additive.py,
 transformer.py, optim.py, tasks.py.
 
-Threads (NumPy backend): attention, Linear and flash attention split their batch over ``get_num_threads()`` threads
-(default: every core), and importing minattn holds NumPy's BLAS to ONE thread for the whole process, your own NumPy
-code included — ``set_num_threads(1)`` gives it back. Why: autograd/parallel.py.
+Threads (NumPy backend): every fused op (attention, Linear, LayerNorm, cross-entropy, talking heads, additive and
+flash attention) cuts big work along its batch over ``get_num_threads()`` threads (default: the BLAS's thread count,
+i.e. every core; small work runs on one). While a fused op runs, NumPy's BLAS is held to one thread, and it is given
+its own count back right after: importing or using minattn leaves every thread pool as it was. See
+autograd/parallel.py.
 """
 from autograd import Tensor, no_grad, manual_seed, to_numpy, asarray, BACKEND, get_num_threads, set_num_threads
 from minattn import functional

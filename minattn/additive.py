@@ -82,15 +82,15 @@ class AdditiveAttention(Module):
         mask, bias = masks.attention_masks(batch, 1, num_queries, num_keys, queries.dtype,
                                            valid_lens, attn_mask)         # broadcastable to (B, 1, L, S)
         mask, bias = _squeeze_heads(mask), _squeeze_heads(bias)           # broadcastable to (B, L, S)
-        keep = None
+        drop = None
         if self.training and self.dropout > 0:
-            keep = F.dropout_keep((batch, num_queries, num_keys), self.dropout, queries.dtype)   # (B, L, S)
+            drop = F.dropout_mask((batch, num_queries, num_keys), self.dropout, queries.dtype)   # (B, L, S)  D
         qp = self.W_q(queries)                                            # (B, L, H)
         kp = self.W_k(keys)                                               # (B, S, H)
         w_v = self.w_v.weight.reshape(self.num_hiddens)                   # (1, H) → (H,)
         out, ctx = AdditiveAttentionFunction.apply_with_ctx(qp, kp, w_v, values, mask=mask, bias=bias,
-                                                            keep=keep)   # (B, L, Ev)
-        self.attention_weights = Tensor(read_only(ctx.saved[3]))              # P: (B, L, S), before dropout
+                                                            dropout_mask=drop)   # (B, L, Ev)
+        self.attention_weights = Tensor(read_only(ctx.attention_weights))     # P: (B, L, S), before dropout
         return out                                                        # (B, L, Ev)
 
     def _check(self, queries, keys, values):

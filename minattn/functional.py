@@ -11,6 +11,7 @@ from autograd.tensor import Tensor, as_data
 from minattn import masks
 from minattn.fused.attention import ScaledDotProductAttentionFunction
 from minattn.fused.cross_entropy import CrossEntropyFunction
+from minattn.fused.embedding import EmbeddingFunction
 from minattn.fused.flash_attention import FlashAttentionFunction
 from minattn.fused.layer_norm import LayerNormFunction
 from minattn.fused.linear import LinearFunction
@@ -105,11 +106,11 @@ def dropout(x, p=0.5, training=True):
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if not training or p == 0:
         return x
-    return x * Tensor(dropout_keep(x.shape, p, x.dtype))
+    return x * Tensor(dropout_mask(x.shape, p, x.dtype))
 
 
-def dropout_keep(shape, p, dtype):
-    """The dropout multiplier: an array of ``shape`` and ``dtype`` with 0 (probability p) or 1/(1 − p)."""
+def dropout_mask(shape, p, dtype):
+    """The dropout multiplier D: an array of ``shape`` and ``dtype`` holding 0 (probability p) or 1/(1 − p)."""
     u = backend.random_uniform(shape, dtype)
     return (u >= dtype.type(p)) * dtype.type(1 / (1 - p))
 
@@ -137,12 +138,12 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
 def embedding(ids, weight):
     """Rows of ``weight`` (num_embeddings, D) picked by integer ``ids`` (any shape) → (*ids.shape, D).
 
-    The lookup is the engine's getitem; its backward scatter-adds each row's gradients (a token used k times gets
-    the sum of k gradients). Raises TypeError for non-integer ids and ValueError for an id outside
+    Fused (see ``EmbeddingFunction``): its backward adds each position's gradient to its token's row (a token used
+    k times gets the sum of k gradients). Raises TypeError for non-integer ids and ValueError for an id outside
     [0, num_embeddings) — CuPy would silently wrap it.
     """
     ids = check_ids(ids, weight.shape[0], "embedding ids")
-    return ops.getitem(weight, ids)
+    return EmbeddingFunction.apply(weight, ids=ids)
 
 
 def check_ids(ids, num_embeddings, name):
@@ -251,15 +252,15 @@ def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0
     (``backend.read_only``: on NumPy the very array the backward reads, no copy and no way to edit it; a copy on
     CuPy).
     """
-    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
-    keep = None
+    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    drop = None
     if dropout_p > 0:
         batch = masks.batch_shape(query, key)                                     # (...)
-        keep = dropout_keep(batch + (query.shape[-2], key.shape[-2]), dropout_p, query.dtype)   # (..., L, S)
+        drop = dropout_mask(batch + (query.shape[-2], key.shape[-2]), dropout_p, query.dtype)   # (..., L, S)  D
     out, ctx = ScaledDotProductAttentionFunction.apply_with_ctx(query, key, value, mask=mask, bias=bias,
-                                                                 scale=scale, keep=keep)          # (..., L, Ev)
+                                                                 scale=scale, dropout_mask=drop)   # (..., L, Ev)
     if need_weights:
-        return out, Tensor(read_only(ctx.saved[3]))                                 # (..., L, Ev), (..., L, S)
+        return out, Tensor(read_only(ctx.attention_weights))                        # (..., L, Ev), (..., L, S)
     return out
 
 
@@ -297,7 +298,7 @@ def flash_attention(query, key, value, attn_mask=None, *, is_causal=False, scale
     mask, bias = masks.split_attn_mask(attn_mask, is_causal and attn_mask is not None, num_queries, num_keys,
                                        query.dtype)
     masks.check_batch_broadcast(mask if mask is not None else bias, batch + (num_queries, num_keys), "attn_mask")
-    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     return FlashAttentionFunction.apply(query, key, value, mask=mask, bias=bias, scale=scale, causal=is_causal,
                                         block_size=block_size)                   # (..., L, Ev)
 

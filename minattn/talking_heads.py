@@ -91,16 +91,15 @@ class TalkingHeadsAttention(Module):
         W_k = self.W_q if self.W_k is None else self.W_k                    # tied Q/K: the same projection
         k = transpose_qkv(W_k(key), self.num_heads_qk)                     # (B, h_k, S, d)
         v = transpose_qkv(self.W_v(value), self.num_heads_v)               # (B, h_v, S, d)
-        keep = None
+        drop = None
         if self.training and self.dropout > 0:
-            keep = F.dropout_keep((batch, self.num_heads_v, num_queries, num_keys), self.dropout, query.dtype)
+            drop = F.dropout_mask((batch, self.num_heads_v, num_queries, num_keys), self.dropout, query.dtype)  # D
         biases = [self.proj_l.bias, self.proj_w.bias] if self.proj_l.bias is not None else []
         out, ctx = TalkingHeadsFunction.apply_with_ctx(
             q, k, v, self.proj_l.weight, self.proj_w.weight, *biases, mask=mask, attn_bias=attn_bias,
-            scale=1 / math.sqrt(self.head_dim), keep=keep)                 # (B, h_v, L, d)
-        saved = ctx.saved
-        self.attention_weights = Tensor(read_only(saved[6]))              # W: (B, h, L, S)
-        self.mixed_weights = Tensor(read_only(saved[7]))                  # U: (B, h_v, L, S), before dropout
+            scale=1 / math.sqrt(self.head_dim), dropout_mask=drop)         # (B, h_v, L, d)
+        self.attention_weights = Tensor(read_only(ctx.attention_weights))  # W: (B, h, L, S)
+        self.mixed_weights = Tensor(read_only(ctx.mixed_weights))          # U: (B, h_v, L, S), before dropout
         return self.W_o(transpose_output(out))                             # (B, L, E)
 
     def extra_repr(self):

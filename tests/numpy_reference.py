@@ -28,28 +28,29 @@ def softmax_rows(scores, mask=None):
     if mask is not None:
         shape = np.broadcast_shapes(scores.shape, np.shape(mask))
         scores = np.broadcast_to(scores, shape)
-        keep_all = np.broadcast_to(np.asarray(mask, dtype=bool), shape)
+        takes_part_all = np.broadcast_to(np.asarray(mask, dtype=bool), shape)
     else:
-        keep_all = np.ones(scores.shape, dtype=bool)
+        takes_part_all = np.ones(scores.shape, dtype=bool)
     out = np.zeros(scores.shape, dtype=np.float64)
     for idx in np.ndindex(*scores.shape[:-1]):
         row = scores[idx]
-        keep = keep_all[idx] & (row > -np.inf)
-        if not keep.any():
+        takes_part = takes_part_all[idx] & (row > -np.inf)
+        if not takes_part.any():
             continue
-        kept = row[keep]
+        kept = row[takes_part]
         e = np.exp(kept - kept.max())
         out_row = np.zeros(row.shape)
-        out_row[keep] = e / e.sum()
+        out_row[takes_part] = e / e.sum()
         out[idx] = out_row
     return out
 
 
-def attention(q, k, v, mask=None, bias=None, scale=None, keep=None, is_causal=False):
+def attention(q, k, v, mask=None, bias=None, scale=None, dropout_mask=None, is_causal=False):
     """PyTorch's scaled_dot_product_attention semantics, in NumPy. Returns (output, weights before dropout).
 
     scores = q kᵀ · scale (scale 1/√E by default) + bias; mask bool, True = take part; is_causal: key j <= query i
-    (top-left aligned lower triangle); weights = softmax over keys (fully masked row → 0); out = (weights ∘ keep) v.
+    (top-left aligned lower triangle); weights = softmax over keys (fully masked row → 0); out = (weights ∘ dropout_mask) v
+    (dropout_mask: the dropout multiplier D).
     """
     q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
     scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
@@ -60,7 +61,7 @@ def attention(q, k, v, mask=None, bias=None, scale=None, keep=None, is_causal=Fa
         num_q, num_k = q.shape[-2], k.shape[-2]
         mask = np.array([[j <= i for j in range(num_k)] for i in range(num_q)])
     weights = softmax_rows(scores, mask)
-    used = weights * keep if keep is not None else weights
+    used = weights * dropout_mask if dropout_mask is not None else weights
     return np.matmul(used, v), weights
 
 

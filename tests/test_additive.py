@@ -25,11 +25,11 @@ TIGHT = dict(rtol=1e-12, atol=1e-12)
 
 
 def dev(a):
-    """A NumPy array moved to the backend (masks, biases, keep multipliers, valid_lens); None stays None."""
+    """A NumPy array moved to the backend (masks, biases, dropout multipliers, valid_lens); None stays None."""
     return None if a is None else backend.asarray(a)
 
 
-def numpy_additive(qp, kp, w_v, v, mask=None, bias=None, keep=None):
+def numpy_additive(qp, kp, w_v, v, mask=None, bias=None, dropout_mask=None):
     """Additive attention in NumPy, pair by pair: A_ij = w_v · tanh(Qp_i + Kp_j); returns (output, weights)."""
     batch = np.broadcast_shapes(qp.shape[:-2], kp.shape[:-2])
     qp = np.broadcast_to(qp, batch + qp.shape[-2:])
@@ -42,7 +42,7 @@ def numpy_additive(qp, kp, w_v, v, mask=None, bias=None, keep=None):
     if bias is not None:
         scores = scores + bias
     weights = ref.softmax_rows(scores, mask)
-    used = weights * keep if keep is not None else weights
+    used = weights * dropout_mask if dropout_mask is not None else weights
     return np.matmul(used, v), weights
 
 
@@ -53,10 +53,10 @@ def _row_mask(shape, rng):
 
 
 def _case(name, rng):
-    """(qp, kp, w_v, v, mask, bias, keep) for a named case; host NumPy arrays."""
+    """(qp, kp, w_v, v, mask, bias, dropout_mask) for a named case; host NumPy arrays."""
     qp, kp = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 5, 4))
     w_v, v = rng.standard_normal(4), rng.standard_normal((2, 5, 2))
-    mask = bias = keep = None
+    mask = bias = dropout_mask = None
     if name == "plain":
         pass
     elif name == "bool mask (B, 1, S), as valid_lens":
@@ -68,10 +68,10 @@ def _case(name, rng):
         mask[1, 2] = False
     elif name == "float bias":
         bias = rng.standard_normal((2, 3, 5))
-    elif name == "mask, keep and a fully masked row":
+    elif name == "mask, dropout mask and a fully masked row":
         mask = _row_mask((2, 3, 5), rng)
         mask[0, 1] = False
-        keep = (rng.random((2, 3, 5)) >= 0.3) / 0.7
+        dropout_mask = (rng.random((2, 3, 5)) >= 0.3) / 0.7
     elif name == "batch broadcast (qp batch 1)":
         qp = rng.standard_normal((1, 3, 4))
         mask = _row_mask((2, 1, 5), rng)
@@ -85,16 +85,16 @@ def _case(name, rng):
         qp, kp = 4 * qp, 4 * kp
     else:
         raise KeyError(name)
-    return qp, kp, w_v, v, mask, bias, keep
+    return qp, kp, w_v, v, mask, bias, dropout_mask
 
 
 CASES = ["plain", "bool mask (B, 1, S), as valid_lens", "bool mask (L, S)", "fully masked query row", "float bias",
-         "mask, keep and a fully masked row", "batch broadcast (qp batch 1)", "heads axis (B, h, L, H), Ev != H",
+         "mask, dropout mask and a fully masked row", "batch broadcast (qp batch 1)", "heads axis (B, h, L, H), Ev != H",
          "L = 1, S = 1, H = 1", "saturated tanh"]
 
 
-def _fns(mask, bias, keep):
-    kw = dict(mask=dev(mask), bias=dev(bias), keep=dev(keep))
+def _fns(mask, bias, dropout_mask):
+    kw = dict(mask=dev(mask), bias=dev(bias), dropout_mask=dev(dropout_mask))
     return (lambda *t: AdditiveAttentionFunction.apply(*t, **kw),
             lambda *t: additive_attention_reference(*t, **kw))
 
@@ -112,16 +112,16 @@ def run(fn, arrays, cotangent):
 # ---------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", CASES)
 def test_additive_gradcheck(rng, case):
-    qp, kp, w_v, v, mask, bias, keep = _case(case, rng)
-    fused, _ = _fns(mask, bias, keep)
+    qp, kp, w_v, v, mask, bias, dropout_mask = _case(case, rng)
+    fused, _ = _fns(mask, bias, dropout_mask)
     with ref.strict_floats():
         assert gradcheck(fused, [t64(qp), t64(kp), t64(w_v), t64(v)])
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_additive_fused_equals_composed_and_numpy(rng, case):
-    qp, kp, w_v, v, mask, bias, keep = _case(case, rng)
-    fused, composed = _fns(mask, bias, keep)
+    qp, kp, w_v, v, mask, bias, dropout_mask = _case(case, rng)
+    fused, composed = _fns(mask, bias, dropout_mask)
     arrays = [qp, kp, w_v, v]
     with ref.strict_floats():
         shape = fused(*[t64(a) for a in arrays]).shape
@@ -132,7 +132,7 @@ def test_additive_fused_equals_composed_and_numpy(rng, case):
     for i, (gf, gc, a) in enumerate(zip(grads_f, grads_c, arrays)):
         assert gf.shape == a.shape
         np.testing.assert_allclose(gf, gc, **TIGHT, err_msg=f"gradient of input {i}")
-    expected, _ = numpy_additive(qp, kp, w_v, v, mask, bias, keep)
+    expected, _ = numpy_additive(qp, kp, w_v, v, mask, bias, dropout_mask)
     np.testing.assert_allclose(out_f, expected, **TIGHT)
 
 
@@ -154,8 +154,8 @@ def test_additive_gradients_against_numpy_formulas(rng):
 
 @pytest.mark.parametrize("impl", ["fused", "reference"])
 def test_fully_masked_row_gives_zero_output_and_zero_gradients(rng, impl):
-    qp, kp, w_v, v, mask, bias, keep = _case("fully masked query row", rng)
-    fn = _fns(mask, bias, keep)[0 if impl == "fused" else 1]
+    qp, kp, w_v, v, mask, bias, dropout_mask = _case("fully masked query row", rng)
+    fn = _fns(mask, bias, dropout_mask)[0 if impl == "fused" else 1]
     g = np.zeros((2, 3, 2))
     g[1, 2] = rng.standard_normal(2)                       # only the fully masked row (1, 2) receives a gradient
     with ref.strict_floats():
@@ -168,8 +168,8 @@ def test_fully_masked_row_gives_zero_output_and_zero_gradients(rng, impl):
 
 @pytest.mark.parametrize("wanted", [(0,), (1,), (2,), (3,), (0, 3)])
 def test_gradients_when_only_some_inputs_require_grad(rng, wanted):
-    qp, kp, w_v, v, mask, bias, keep = _case("mask, keep and a fully masked row", rng)
-    fused, _ = _fns(mask, bias, keep)
+    qp, kp, w_v, v, mask, bias, dropout_mask = _case("mask, dropout mask and a fully masked row", rng)
+    fused, _ = _fns(mask, bias, dropout_mask)
     arrays = [qp, kp, w_v, v]
     g = rng.standard_normal((2, 3, 2))
     _, all_grads = run(fused, arrays, g)

@@ -192,9 +192,9 @@ def test_flash_equals_dense_on_random_shapes_blocks_and_masks(batch, num_q, num_
     rng = np.random.default_rng(seed)
     q, k = rng.standard_normal((batch, num_q, e)), rng.standard_normal((batch, num_k, e))
     v = rng.standard_normal((batch, num_k, ev))
-    keep = rng.random((batch, num_q, num_k)) > rng.choice([0.0, 0.5, 0.9])         # rows may lose every key
-    mask = keep if masking == "bool" else None
-    bias = np.where(keep, rng.standard_normal(keep.shape), -np.inf) if masking == "float" else None
+    takes_part = rng.random((batch, num_q, num_k)) > rng.choice([0.0, 0.5, 0.9])   # rows may lose every key
+    mask = takes_part if masking == "bool" else None
+    bias = np.where(takes_part, rng.standard_normal(takes_part.shape), -np.inf) if masking == "float" else None
     flash, dense = _fns(mask, bias, masking == "causal", 1 / np.sqrt(e), block_size, num_q, num_k)
     _assert_same(flash, dense, [q, k, v], rng)
 

@@ -25,7 +25,7 @@ TIGHT = dict(rtol=1e-12, atol=1e-12)
 
 
 def dev(a):
-    """A NumPy array moved to the backend (for masks, biases, keep multipliers, targets)."""
+    """A NumPy array moved to the backend (for masks, biases, dropout multipliers, targets)."""
     return backend.asarray(a)
 
 
@@ -197,9 +197,9 @@ def test_softmax_large_logits_finite(rng, impl):
 # Scaled dot-product attention
 # ---------------------------------------------------------------------------------------------------------------------
 def _sdpa_case(name, rng):
-    """(q, k, v, mask, bias, scale, keep) for a named case; host NumPy arrays."""
+    """(q, k, v, mask, bias, scale, dropout_mask) for a named case; host NumPy arrays."""
     q, k, v = rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 5, 3))
-    mask = bias = keep = None
+    mask = bias = dropout_mask = None
     scale = 0.6
     if name == "plain":
         pass
@@ -218,59 +218,59 @@ def _sdpa_case(name, rng):
         q = rng.standard_normal((2, 3, 4, 5))
         k, v = rng.standard_normal((1, 3, 6, 5)), rng.standard_normal((1, 3, 6, 5))
         mask = _row_mask((2, 1, 4, 6), rng)
-    elif name == "dropout keep":
+    elif name == "dropout mask":
         p = 0.3
-        keep = (rng.random((2, 4, 5)) >= p) / (1 - p)
+        dropout_mask = (rng.random((2, 4, 5)) >= p) / (1 - p)
     elif name == "Ev != E, L != S":
         q, k, v = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 6, 4)), rng.standard_normal((2, 6, 2))
         mask = _row_mask((2, 3, 6), rng)
     elif name == "k, v batch bigger than q":
         q = rng.standard_normal((1, 4, 3))
         k, v = rng.standard_normal((3, 5, 3)), rng.standard_normal((3, 5, 2))
-        keep = (rng.random((3, 4, 5)) >= 0.25) / 0.75
+        dropout_mask = (rng.random((3, 4, 5)) >= 0.25) / 0.75
     elif name == "v batch bigger than q, k":
         q, k = rng.standard_normal((1, 4, 3)), rng.standard_normal((1, 5, 3))
         v = rng.standard_normal((3, 5, 2))
         mask = _row_mask((3, 4, 5), rng)
     else:
         raise KeyError(name)
-    return q, k, v, mask, bias, scale, keep
+    return q, k, v, mask, bias, scale, dropout_mask
 
 
 SDPA_CASES = ["plain", "bool mask (L, S)", "bool mask (B, 1, S)", "float bias", "causal", "fully masked query row",
-              "batch broadcast", "dropout keep", "Ev != E, L != S", "k, v batch bigger than q",
+              "batch broadcast", "dropout mask", "Ev != E, L != S", "k, v batch bigger than q",
               "v batch bigger than q, k"]
 
 
-def _sdpa_fns(mask, bias, scale, keep):
+def _sdpa_fns(mask, bias, scale, dropout_mask):
     kw = dict(mask=None if mask is None else dev(mask), bias=None if bias is None else dev(bias), scale=scale,
-              keep=None if keep is None else dev(keep))
+              dropout_mask=None if dropout_mask is None else dev(dropout_mask))
     return (lambda q, k, v: ScaledDotProductAttentionFunction.apply(q, k, v, **kw),
             lambda q, k, v: attention_reference(q, k, v, **kw))
 
 
 @pytest.mark.parametrize("case", SDPA_CASES)
 def test_sdpa_gradcheck(rng, case):
-    q, k, v, mask, bias, scale, keep = _sdpa_case(case, rng)
-    fused, _ = _sdpa_fns(mask, bias, scale, keep)
+    q, k, v, mask, bias, scale, dropout_mask = _sdpa_case(case, rng)
+    fused, _ = _sdpa_fns(mask, bias, scale, dropout_mask)
     with ref.strict_floats():
         assert gradcheck(fused, [t64(q), t64(k), t64(v)])
 
 
 @pytest.mark.parametrize("case", SDPA_CASES)
 def test_sdpa_fused_equals_composed_and_numpy(rng, case):
-    q, k, v, mask, bias, scale, keep = _sdpa_case(case, rng)
-    fused, composed = _sdpa_fns(mask, bias, scale, keep)
+    q, k, v, mask, bias, scale, dropout_mask = _sdpa_case(case, rng)
+    fused, composed = _sdpa_fns(mask, bias, scale, dropout_mask)
     with ref.strict_floats():
         out, grads = assert_fused_equals_composed(fused, composed, [q, k, v], rng)
-    expected, _ = ref.attention(q, k, v, mask=mask, bias=bias, scale=scale, keep=keep)
+    expected, _ = ref.attention(q, k, v, mask=mask, bias=bias, scale=scale, dropout_mask=dropout_mask)
     np.testing.assert_allclose(out, expected, **TIGHT)
     assert all(g.shape == a.shape for g, a in zip(grads, (q, k, v)))
 
 
 def test_sdpa_fully_masked_row_output_and_gradients_zero(rng):
-    q, k, v, mask, bias, scale, keep = _sdpa_case("fully masked query row", rng)
-    fused, _ = _sdpa_fns(mask, bias, scale, keep)
+    q, k, v, mask, bias, scale, dropout_mask = _sdpa_case("fully masked query row", rng)
+    fused, _ = _sdpa_fns(mask, bias, scale, dropout_mask)
     g = np.zeros((2, 4, 3))
     g[1, 2] = rng.standard_normal(3)                       # only the fully masked row receives a gradient
     with ref.strict_floats():
@@ -406,3 +406,30 @@ def test_cross_entropy_large_logits_finite(rng, impl):
     expected, expected_grad = ref.cross_entropy(logits, target, label_smoothing=0.1)
     np.testing.assert_allclose(out, expected, rtol=1e-12)
     np.testing.assert_allclose(dz, expected_grad, **TIGHT)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Embedding
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ids_shape", [(7,), (3, 5), ()])
+@pytest.mark.parametrize("path", ["one-hot", "scatter_add"])
+def test_embedding_gradcheck_and_fused_equals_composed(rng, monkeypatch, ids_shape, path):
+    """EmbeddingFunction's dW = onehot(ids)ᵀ dy passes gradcheck and equals getitem's scatter-add backward, on both of
+    its paths (the one-hot product, and adding rows one by one past ONE_HOT_LIMIT); repeated ids add up."""
+    from minattn.fused import embedding
+    from minattn.fused.embedding import EmbeddingFunction, embedding_reference
+    if path == "scatter_add":
+        monkeypatch.setattr(embedding, "ONE_HOT_LIMIT", 0)
+    ids = dev(rng.integers(0, 4, size=ids_shape))                   # 4 tokens: repeats are certain in (3, 5)
+    w = rng.standard_normal((4, 3))
+    assert gradcheck(lambda t: EmbeddingFunction.apply(t, ids=ids), [t64(w)])
+    assert_fused_equals_composed(lambda t: EmbeddingFunction.apply(t, ids=ids),
+                                 lambda t: embedding_reference(t, ids), [w], rng)
+
+
+def test_embedding_gradient_by_hand(rng):
+    """ids [2, 0, 2] with dy rows r0, r1, r2: dW row 2 = r0 + r2, row 0 = r1, the others 0 (an independent count)."""
+    from minattn.fused.embedding import EmbeddingFunction
+    w, g = rng.standard_normal((4, 3)), rng.standard_normal((3, 3))
+    _, (dw,) = run(lambda t: EmbeddingFunction.apply(t, ids=dev(np.array([2, 0, 2]))), [w], g)
+    np.testing.assert_allclose(dw, np.stack([g[1], np.zeros(3), g[0] + g[2], np.zeros(3)]), **TIGHT)

@@ -96,14 +96,14 @@ def loop_over_heads(layer, query, key, value, valid_lens):
     p = {name: host(t) for name, t in layer.named_parameters()}
     dh, (batch, num_q, _), num_k = layer.head_dim, query.shape, key.shape[1]
     lens = np.broadcast_to(np.asarray(valid_lens).reshape(batch, -1), (batch, num_q))   # (B, L)
-    keep = np.arange(num_k)[None, None, :] < lens[:, :, None]                           # (B, L, S)
+    takes_part = np.arange(num_k)[None, None, :] < lens[:, :, None]                           # (B, L, S)
     heads, weights = [], []
     for i in range(layer.num_heads):
         rows = slice(i * dh, (i + 1) * dh)
         q = query @ p["W_q.weight"][rows].T + p["W_q.bias"][rows]
         k = key @ p["W_k.weight"][rows].T + p["W_k.bias"][rows]
         v = value @ p["W_v.weight"][rows].T + p["W_v.bias"][rows]
-        s = np.where(keep, q @ k.transpose(0, 2, 1) / math.sqrt(dh), -np.inf)
+        s = np.where(takes_part, q @ k.transpose(0, 2, 1) / math.sqrt(dh), -np.inf)
         e = np.exp(s - s.max(axis=-1, keepdims=True))
         w = e / e.sum(axis=-1, keepdims=True)
         heads.append(w @ v)

@@ -33,12 +33,12 @@ def attention_case(draw):
 @SETTINGS
 @given(attention_case())
 def test_fused_attention_equals_composed_on_random_shapes_and_masks(case):
-    arrays, keep = case
+    arrays, takes_part = case
     fused_in = [t64(a) for a in arrays]
     composed_in = [t64(a) for a in arrays]
     scale = 1 / np.sqrt(arrays[0].shape[-1])
-    out_f = ScaledDotProductAttentionFunction.apply(*fused_in, mask=keep, scale=scale)
-    out_c = attention_reference(*composed_in, mask=keep, scale=scale)
+    out_f = ScaledDotProductAttentionFunction.apply(*fused_in, mask=takes_part, scale=scale)
+    out_c = attention_reference(*composed_in, mask=takes_part, scale=scale)
     cotangent = np.random.default_rng(0).standard_normal(host(out_f).shape)
     out_f.backward(cotangent)
     out_c.backward(cotangent)
@@ -46,7 +46,7 @@ def test_fused_attention_equals_composed_on_random_shapes_and_masks(case):
     for a, b in zip(fused_in, composed_in):
         assert np.isfinite(host(a.grad)).all()
         np.testing.assert_allclose(host(a.grad), host(b.grad), rtol=1e-12, atol=1e-12)
-    dead = ~keep.any(-1)                                                                  # (B, L) rows with no key
+    dead = ~takes_part.any(-1)                                                                  # (B, L) rows with no key
     np.testing.assert_array_equal(host(out_f)[dead], 0.0)
 
 

@@ -410,19 +410,19 @@ def attention_case(draw):
             mask = mask_lib.causal_mask(length_q, length_k)
     shapes = [batch_shapes[0] + (length_q, e), batch_shapes[1] + (length_k, e), batch_shapes[2] + (length_k, ev)]
     arrays = [normal(rng, s) for s in shapes]
-    keep = None
+    dropout_mask = None
     if draw(st.booleans()):   # a dropout multiplier: 0 or 1/(1 - p)
         full = mask_lib.broadcast_shape(*batch_shapes) + (length_q, length_k)
-        keep = dev((rng.random(full) >= 0.3) / 0.7)
+        dropout_mask = dev((rng.random(full) >= 0.3) / 0.7)
     scale = draw(st.sampled_from([None, 0.5, 2.0]))
-    return arrays, mask, bias, keep, (1 / np.sqrt(e) if scale is None else scale), requires_some(draw, 3), draw(SEEDS)
+    return arrays, mask, bias, dropout_mask, (1 / np.sqrt(e) if scale is None else scale), requires_some(draw, 3), draw(SEEDS)
 
 
 @CHEAP
 @given(attention_case())
 def test_scaled_dot_product_attention_function(case):
-    arrays, mask, bias, keep, scale, requires, seed = case
-    params = dict(mask=mask, bias=bias, scale=scale, keep=keep)
+    arrays, mask, bias, dropout_mask, scale, requires, seed = case
+    params = dict(mask=mask, bias=bias, scale=scale, dropout_mask=dropout_mask)
     check_fused(lambda q, k, v: ScaledDotProductAttentionFunction.apply(q, k, v, **params),
                 lambda q, k, v: attention_reference(q, k, v, **params), arrays, requires, seed)
 
@@ -466,11 +466,11 @@ def talking_heads_case(draw):
         arrays += [normal(rng, (h,)), normal(rng, (h_v,))]        # b_l, b_w (timm's CaiT has them)
     full = (b, 1, length_q, length_k)
     mask, bias = draw_mask_and_bias(draw, rng, full)
-    keep = None
+    dropout_mask = None
     if draw(st.booleans()):
-        keep = dev((rng.random((b, h_v, length_q, length_k)) >= 0.3) / 0.7)
+        dropout_mask = dev((rng.random((b, h_v, length_q, length_k)) >= 0.3) / 0.7)
     scale = 1 / np.sqrt(d)
-    return arrays, mask, bias, keep, scale, requires_some(draw, len(arrays)), draw(SEEDS)
+    return arrays, mask, bias, dropout_mask, scale, requires_some(draw, len(arrays)), draw(SEEDS)
 
 
 def draw_mask_and_bias(draw, rng, full):
@@ -488,8 +488,8 @@ def draw_mask_and_bias(draw, rng, full):
 @COSTLY
 @given(talking_heads_case())
 def test_talking_heads_function(case):
-    arrays, mask, bias, keep, scale, requires, seed = case
-    params = dict(mask=mask, attn_bias=bias, scale=scale, keep=keep)
+    arrays, mask, bias, dropout_mask, scale, requires, seed = case
+    params = dict(mask=mask, attn_bias=bias, scale=scale, dropout_mask=dropout_mask)
 
     def composed(q, k, v, w_l, w_w, *biases):
         b_l, b_w = biases if biases else (None, None)
@@ -510,10 +510,10 @@ def test_additive_attention_function(data, seed):
               normal(rng, (hidden,)), normal(rng, batch[2] + (length_k, ev))]
     full = mask_lib.broadcast_shape(*batch) + (length_q, length_k)
     mask, bias = draw_mask_and_bias(draw, rng, full)
-    keep = None
+    dropout_mask = None
     if draw(st.booleans()):
-        keep = dev((rng.random(full) >= 0.3) / 0.7)
-    params = dict(mask=mask, bias=bias, keep=keep)
+        dropout_mask = dev((rng.random(full) >= 0.3) / 0.7)
+    params = dict(mask=mask, bias=bias, dropout_mask=dropout_mask)
     check_fused(lambda *ts: AdditiveAttentionFunction.apply(*ts, **params),
                 lambda *ts: additive_attention_reference(*ts, **params), arrays, requires_some(draw, 4), seed)
 

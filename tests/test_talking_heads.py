@@ -31,7 +31,7 @@ TIGHT = dict(rtol=1e-12, atol=1e-12)
 
 
 def dev(a):
-    """A NumPy array moved to the backend (masks, biases, keep multipliers, valid_lens)."""
+    """A NumPy array moved to the backend (masks, biases, dropout multipliers, valid_lens)."""
     return backend.asarray(a)
 
 
@@ -50,7 +50,7 @@ def set_param(param, value):
 # ---------------------------------------------------------------------------------------------------------------------
 # Independent NumPy: the paper's Algorithm 2 (Shazeer et al. 2020) with einsum, plus masks
 # ---------------------------------------------------------------------------------------------------------------------
-def numpy_talking_heads(q, k, v, p_l, p_w, b_l=None, b_w=None, mask=None, attn_bias=None, scale=1.0, keep=None):
+def numpy_talking_heads(q, k, v, p_l, p_w, b_l=None, b_w=None, mask=None, attn_bias=None, scale=1.0, dropout_mask=None):
     """The talking-heads core. q (..., h_k, n, d), k (..., h_k, m, d), v (..., h_v, m, d).
 
     p_l[h_k, h] and p_w[h, h_v] in the paper's (in, out) layout. mask (bool, True = take part) and attn_bias
@@ -72,7 +72,7 @@ def numpy_talking_heads(q, k, v, p_l, p_w, b_l=None, b_w=None, mask=None, attn_b
     if b_w is not None:
         U = U + b_w[:, None, None]
     U = np.where(take, U, 0.0)
-    used = U * keep if keep is not None else U
+    used = U * dropout_mask if dropout_mask is not None else U
     O = np.einsum("...vnm,...vmd->...vnd", used, v)                      # O[n, d_v, h_v] = U V
     return O, W, U
 
@@ -138,7 +138,7 @@ def test_mix_heads_and_backward_equal_einsum(rng, batch):
 # 2. TalkingHeadsFunction: gradcheck, fused = composed, forward = NumPy
 # ---------------------------------------------------------------------------------------------------------------------
 HEADS = {"h_k=2 h=3 h_v=4 d=2": (2, 3, 4, 2), "h_k=3 h=1 h_v=2 d=1": (3, 1, 2, 1), "h_k=h=h_v=4 d=3": (4, 4, 4, 3)}
-MASKINGS = ["none", "bool mask with a fully masked row", "float bias with -inf", "keep", "all at once"]
+MASKINGS = ["none", "bool mask with a fully masked row", "float bias with -inf", "dropout mask", "all at once"]
 B, L, S = 2, 3, 4
 
 
@@ -161,8 +161,8 @@ def _core_case(rng, heads, with_bias, masking):
         if masking == "float bias with -inf":
             bias[2, :] = -np.inf                                         # a query whose every key gets -inf
         const["attn_bias"] = bias
-    if masking in ("keep", "all at once"):
-        const["keep"] = (rng.random((B, h_v, L, S)) > 0.3) / 0.7
+    if masking in ("dropout mask", "all at once"):
+        const["dropout_mask"] = (rng.random((B, h_v, L, S)) > 0.3) / 0.7
     return arrays, const
 
 
@@ -209,7 +209,7 @@ def test_talking_heads_function_fused_equals_composed_and_numpy(rng, heads, with
     b_l, b_w = (arrays[5], arrays[6]) if with_bias else (None, None)
     with ref.strict_floats():
         expected, _, _ = numpy_talking_heads(q, k, v, w_l.T, w_w.T, b_l, b_w, const.get("mask"),
-                                             const.get("attn_bias"), const["scale"], const.get("keep"))
+                                             const.get("attn_bias"), const["scale"], const.get("dropout_mask"))
     np.testing.assert_allclose(host(out_f), expected, **TIGHT)
     if masking == "bool mask with a fully masked row":
         np.testing.assert_array_equal(host(out_f)[0, :, 1], 0.0)        # sees no key: output 0, every value head

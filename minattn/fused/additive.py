@@ -5,11 +5,37 @@ score(q, k) = w_vᵀ tanh(W_q q + W_k k). The projections W_q, W_k are ordinary 
 act on L queries and S keys separately); what is new, and fused here, is everything after them: the broadcast sum
 over every (query, key) pair, the tanh, the scoring vector w_v, the masked softmax and the weighted sum of values.
 """
-from autograd import ops
+from autograd import ops, parallel
 from autograd.backend import xp
 from autograd.function import Function
 from autograd.ops import sum_to
-from minattn.fused.softmax import masked_softmax_forward, softmax_backward, softmax_reference
+from minattn.fused.softmax import softmax_backward, softmax_forward, softmax_reference
+
+
+def additive_attention_forward(qp, kp, v, mask, bias, dropout_mask, w_v):
+    """The forward of AdditiveAttentionFunction on whole arrays: returns (O, F, P)."""
+    features = xp.tanh(qp[..., :, None, :] + kp[..., None, :, :])   # (..., L, S, H)  F = tanh(Z)
+    p = softmax_forward(features @ w_v, mask, bias)                  # (..., L, S)     P = softmax(F w_v + bias)
+    p_used = p if dropout_mask is None else p * dropout_mask         # (..., L, S)     P ∘ D
+    return p_used @ v, features, p                                   # (..., L, Ev)    O = (P ∘ D) V
+
+
+def additive_attention_backward(qp, kp, v, p, dropout_mask, features, grad_o, w_v, needs):
+    """The backward of AdditiveAttentionFunction on whole arrays: (dQp, dKp, dV, dw_v); None where ``needs`` (four
+    bools, in that order) does not ask."""
+    p_used = p if dropout_mask is None else p * dropout_mask         # (..., L, S)
+    dv = sum_to(p_used.swapaxes(-1, -2) @ grad_o, v.shape) if needs[2] else None   # (..., S, Ev)  dV = (P ∘ D)ᵀ dO
+    if not (needs[0] or needs[1] or needs[3]):
+        return None, None, dv, None
+    dp = grad_o @ v.swapaxes(-1, -2)                                 # (..., L, S)     dO Vᵀ
+    if dropout_mask is not None:
+        dp = dp * dropout_mask                                       # (..., L, S)     dP = (dO Vᵀ) ∘ D
+    da = softmax_backward(p, dp)                                     # (..., L, S)     dA = P ∘ (dP − Σ dP ∘ P)
+    dw_v = xp.tensordot(da, features, axes=da.ndim) if needs[3] else None   # (H,)  dw_v = Σ_{..., i, j} dA_ij F_ij
+    dz = da[..., None] * w_v * (1 - features * features)             # (..., L, S, H)  dZ = dA w_v ∘ (1 − F²)
+    dqp = sum_to(dz.sum(axis=-2), qp.shape) if needs[0] else None    # (..., L, H)     dQp = Σ_j dZ_ij
+    dkp = sum_to(dz.sum(axis=-3), kp.shape) if needs[1] else None    # (..., S, H)     dKp = Σ_i dZ_ij
+    return dqp, dkp, dv, dw_v
 
 
 class AdditiveAttentionFunction(Function):
@@ -34,41 +60,32 @@ class AdditiveAttentionFunction(Function):
               keeps — the price of a learned scorer, paid in memory and in elementwise work.
     Shapes:   Qp = q W_qᵀ (..., L, H), Kp = k W_kᵀ (..., S, H), w_v (H,), V (..., S, Ev) — batch axes broadcast;
               mask (bool, True = take part) and bias (float, added) broadcastable to the scores (..., L, S);
-              ``keep``: the dropout multiplier D, (..., L, S), or None.
+              ``dropout_mask``: the dropout multiplier D, (..., L, S), or None.
+    Executed by ``parallel.map_batch`` (chunks of the batch; w_v given whole to each chunk, its gradient added up).
     Source:   Bahdanau, Cho & Bengio 2015, "Neural Machine Translation by Jointly Learning to Align and Translate",
               eq. 6 and appendix A.1.2; d2l §11.3.2 (AdditiveAttention)
     """
 
     @staticmethod
-    def forward(ctx, qp, kp, w_v, v, mask=None, bias=None, keep=None):
-        features = xp.tanh(qp[..., :, None, :] + kp[..., None, :, :])   # F: (..., L, S, H)
-        scores = features @ w_v                                          # A: (..., L, S)
-        p = masked_softmax_forward(scores, mask, bias, overwrite=True)   # P: (..., L, S), in the scores' memory
-        p_used = p * keep if keep is not None else p                     # (..., L, S)
-        ctx.save_for_backward(features, w_v, v, p, keep)
-        ctx.qp_shape, ctx.kp_shape, ctx.scores_shape = qp.shape, kp.shape, scores.shape
-        return p_used @ v                                                # O: (..., L, Ev)
+    def forward(ctx, qp, kp, w_v, v, mask=None, bias=None, dropout_mask=None):
+        out, features, p = parallel.map_batch(additive_attention_forward, qp, kp, v, mask, bias, dropout_mask,
+                                              w_v=w_v)                   # (..., L, Ev), F, P
+        ctx.save_for_backward(qp, kp, v, p, dropout_mask, features, w_v)
+        ctx.attention_weights = p
+        return out
 
     @staticmethod
     def backward(ctx, grad_o):
-        features, w_v, v, p, keep = ctx.saved
-        needs = ctx.needs_input_grad
-        p_used = p * keep if keep is not None else p                     # (..., L, S)
-        dv = sum_to(p_used.swapaxes(-1, -2) @ grad_o, v.shape) if needs[3] else None   # (..., S, Ev)
-        if not (needs[0] or needs[1] or needs[2]):
-            return None, None, None, dv
-        dp = grad_o @ v.swapaxes(-1, -2)                                 # (..., L, S)
-        if keep is not None:
-            dp = dp * keep                                               # (..., L, S)
-        ds = sum_to(softmax_backward(p, dp, overwrite=True), ctx.scores_shape)   # dA: (..., L, S)
-        dw_v = xp.tensordot(ds, features, axes=ds.ndim) if needs[2] else None   # (H,): Σ over (..., L, S)
-        dz = ds[..., None] * w_v * (1 - features * features)             # dZ: (..., L, S, H)
-        dqp = sum_to(dz.sum(axis=-2), ctx.qp_shape) if needs[0] else None        # (..., L, H): Σ over keys
-        dkp = sum_to(dz.sum(axis=-3), ctx.kp_shape) if needs[1] else None        # (..., S, H): Σ over queries
+        qp, kp, v, p, dropout_mask, features, w_v = ctx.saved
+        needs = ctx.needs_input_grad                                      # (Qp, Kp, w_v, V)
+        dqp, dkp, dv, dw_v = parallel.map_batch(
+            additive_attention_backward, qp, kp, v, p, dropout_mask, features, grad_o,
+            core_ndim=(2, 2, 2, 2, 2, 3, 2), w_v=w_v, needs=(needs[0], needs[1], needs[3], needs[2]),
+            grads_for=(qp, kp, v, w_v))
         return dqp, dkp, dw_v, dv
 
 
-def additive_attention_reference(qp, kp, w_v, v, mask=None, bias=None, keep=None):
+def additive_attention_reference(qp, kp, w_v, v, mask=None, bias=None, dropout_mask=None):
     """The same attention composed from engine primitives: reshape, add (broadcast), tanh, matmul, softmax_reference.
 
     Each primitive's backward runs in turn, so the broadcast sums of dQp and dKp come from Add's ``sum_to``.
@@ -78,6 +95,6 @@ def additive_attention_reference(qp, kp, w_v, v, mask=None, bias=None, keep=None
     features = ops.tanh(qp4 + kp4)                                           # (..., L, S, H)
     scores = ops.matmul(features, w_v)                                       # (..., L, S)
     p = softmax_reference(scores, mask, bias)                                # (..., L, S)
-    if keep is not None:
-        p = p * ops.lift(keep, p)                                            # (..., L, S)
+    if dropout_mask is not None:
+        p = p * ops.lift(dropout_mask, p)                                            # (..., L, S)
     return ops.matmul(p, v)                                                  # (..., L, Ev)

@@ -1,13 +1,33 @@
 """Cross-entropy from logits, fused, with the backward written by hand; and its twin from primitives."""
-from autograd import ops
-from autograd.backend import xp
+from autograd import ops, parallel
+from autograd.backend import rowmax, rowsum, xp
 from autograd.function import Function
 
 
 def log_softmax_forward(logits):
     """Array log-softmax over the last axis: x − m − log Σ exp(x − m), m the row max (no overflow for large x)."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)             # (N, C)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+    shifted = logits - rowmax(logits)                                 # (N, C)
+    return shifted - xp.log(rowsum(xp.exp(shifted)))                  # (N, C)
+
+
+def cross_entropy_forward(logits, target, ignore_index, label_smoothing):
+    """The per-row losses ℓ (N,) of CrossEntropyFunction, and log p (N, C) for its backward, on whole arrays."""
+    eps = label_smoothing
+    log_p = log_softmax_forward(logits)                                # (N, C)  log p
+    counted = target != ignore_index                                   # (N,)    rows not ignored
+    t = xp.where(counted, target, 0)                                   # (N,)    any class id for ignored rows
+    nll = -xp.take_along_axis(log_p, t[:, None], axis=-1)[:, 0]        # (N,)    −log p_t
+    rows = (1 - eps) * nll - eps * log_p.mean(axis=-1)                 # (N,)    ℓ = −Σ_c q_c log p_c
+    return xp.where(counted, rows, 0), log_p                           # (N,)    0 for ignored rows
+
+
+def cross_entropy_backward(log_p, target, grad_rows, ignore_index, label_smoothing):
+    """dz (N, C) of CrossEntropyFunction on whole arrays, from dℓ = ``grad_rows`` (N,)."""
+    eps, num_classes = label_smoothing, log_p.shape[-1]
+    counted = target != ignore_index                                   # (N,)
+    onehot = (xp.arange(num_classes) == target[:, None]).astype(log_p.dtype)   # (N, C)  1 at the target class
+    q = (1 - eps) * onehot + eps / num_classes                         # (N, C)  the smoothed target
+    return (xp.exp(log_p) - q) * (grad_rows * counted)[:, None]        # (N, C)  dz = (p − q) dℓ, 0 if ignored
 
 
 class CrossEntropyFunction(Function):
@@ -17,40 +37,32 @@ class CrossEntropyFunction(Function):
               q = (1 − ε) onehot(t) + ε / C                             label smoothing ε (Szegedy et al. 2016)
               ℓ_n = −Σ_c q_nc log p_nc  for rows with t_n ≠ ignore_index, 0 for ignored rows
               loss = Σ_n ℓ_n / (number of rows not ignored)              for reduction='mean'
-    Backward: dz_n = (p_n − q_n) · g / count   for kept rows,  0 for ignored rows
+    Backward: dz_n = (p_n − q_n) · dℓ_n   for rows not ignored,  0 for ignored rows;
+              dℓ_n = g / count ('mean'), g ('sum'), g_n ('none')
               because ∂ℓ_n/∂z_nc = p_nc Σ_c' q_nc' − q_nc = p_nc − q_nc (q sums to 1).
     When every row is ignored, 'mean' returns 0 with zero gradient (PyTorch returns NaN).
     Shapes:   logits z: (N, C) float; target t: (N,) int; output () for 'mean'/'sum', (N,) for 'none'.
+    Executed by ``parallel.map_batch`` (rows cut into chunks).
     Source:   PyTorch F.cross_entropy (ignore_index, label_smoothing, reduction); d2l §4.1.2
     """
 
     @staticmethod
     def forward(ctx, logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
-        n, c = logits.shape
-        log_p = log_softmax_forward(logits)                           # (N, C)
-        keep = target != ignore_index                                 # (N,)
-        t = xp.where(keep, target, 0)                                 # (N,)
-        eps = logits.dtype.type(label_smoothing)
-        nll = -log_p[xp.arange(n), t]                                 # (N,)
-        rows = (1 - eps) * nll - eps * log_p.mean(axis=-1) if label_smoothing else nll   # (N,)
-        rows = xp.where(keep, rows, 0)                                # (N,)
-        count = int(keep.sum()) if reduction == "mean" else 1
-        ctx.save_for_backward(log_p, t, keep)
-        ctx.eps, ctx.reduction, ctx.count = eps, reduction, max(count, 1)
+        options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing)
+        rows, log_p = parallel.map_batch(cross_entropy_forward, logits, target, core_ndim=(1, 0), **options)
+        count = max(int((target != ignore_index).sum()), 1) if reduction == "mean" else 1   # rows averaged over
+        ctx.save_for_backward(log_p, target)
+        ctx.options, ctx.reduction, ctx.count = options, reduction, count
         if reduction == "none":
-            return rows
-        return rows.sum() / logits.dtype.type(ctx.count)
+            return rows                                                # (N,)
+        return rows.sum() / logits.dtype.type(count)                   # ()
 
     @staticmethod
     def backward(ctx, grad):
-        log_p, t, keep = ctx.saved
-        n, c = log_p.shape
-        dz = xp.exp(log_p)                                            # p, (N, C)
-        if ctx.eps:
-            dz -= ctx.eps / c
-        dz[xp.arange(n), t] -= 1 - ctx.eps                            # p − q
-        scale = grad[:, None] if ctx.reduction == "none" else grad / log_p.dtype.type(ctx.count)
-        return (dz * (keep[:, None] * scale),)                         # (N, C)
+        log_p, target = ctx.saved
+        grad_rows = grad if ctx.reduction == "none" else xp.broadcast_to(grad / ctx.count, target.shape)   # (N,)
+        return (parallel.map_batch(cross_entropy_backward, log_p, target, grad_rows, core_ndim=(1, 0, 0),
+                                   grads_for=(log_p,), **ctx.options),)    # (N, C), shaped as log p: as z
 
 
 def cross_entropy_reference(logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
@@ -58,11 +70,11 @@ def cross_entropy_reference(logits, target, ignore_index=-100, label_smoothing=0
     n, c = logits.shape
     shifted = logits - logits.data.max(axis=-1, keepdims=True)
     log_p = shifted - ops.log(ops.exp(shifted).sum(axis=-1, keepdims=True))
-    keep = target != ignore_index
-    t = xp.where(keep, target, 0)
+    counted = target != ignore_index
+    t = xp.where(counted, target, 0)
     rows = -log_p[xp.arange(n), t] * (1 - label_smoothing) - log_p.mean(axis=-1) * label_smoothing
-    rows = ops.where(keep, rows, xp.zeros((), dtype=logits.dtype))
+    rows = ops.where(counted, rows, xp.zeros((), dtype=logits.dtype))
     if reduction == "none":
         return rows
-    return rows.sum() / float(max(int(keep.sum()), 1) if reduction == "mean" else 1)
+    return rows.sum() / float(max(int(counted.sum()), 1) if reduction == "mean" else 1)
 

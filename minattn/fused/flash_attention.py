@@ -5,7 +5,6 @@ This is the algorithm, not the speed: on a GPU FlashAttention is fast because ea
 CUDA kernel. Here every tile is a handful of NumPy / CuPy calls, so what you can see (and measure) is the memory: the
 largest array is one (B_q, B_k) tile per batch element and head, not the (L, S) matrix.
 """
-import math
 import numbers
 
 from autograd import ops, parallel
@@ -79,39 +78,26 @@ class FlashAttentionFunction(Function):
     @staticmethod
     def forward(ctx, q, k, v, mask=None, bias=None, scale=1.0, causal=False, block_size=128, dropout_p=0.0):
         _check_options(block_size, dropout_p)
-        num_queries, num_keys, value_dim = q.shape[-2], k.shape[-2], v.shape[-1]
-        batch = masks.batch_shape(q, k, v, mask, bias)                                # (...)
-        mask, bias = _to_scores_shape(mask, num_queries, num_keys), _to_scores_shape(bias, num_queries, num_keys)
-        scale = q.dtype.type(scale)
-        out = xp.empty(batch + (num_queries, value_dim), dtype=q.dtype)            # (..., L, Ev)
-        lse = xp.empty(batch + (num_queries, 1), dtype=q.dtype)                    # (..., L, 1)
-        parts = _parts(batch, q, k, v)                                              # one part of the batch per core
-        parallel.run(lambda part: _forward_tiles(*(part.take(x) for x in (q, k, v, mask, bias, out, lse)),
-                                                 scale, causal, block_size), parts)
+        options = dict(scale=scale, causal=causal, block_size=block_size)
+        out, lse = parallel.map_batch(flash_forward, q, k, v, mask, bias, **options)   # (..., L, Ev), (..., L, 1)
         ctx.save_for_backward(q, k, v, out, lse, mask, bias)
-        ctx.scale, ctx.causal, ctx.block_size, ctx.parts = scale, causal, block_size, parts
-        return out                                                                   # (..., L, Ev)
+        ctx.options = options
+        return out
 
     @staticmethod
     def backward(ctx, grad_o):
         q, k, v, out, lse, mask, bias = ctx.saved
-        parts = ctx.parts
-
-        def backprop(part):                                                          # one part of the batch
-            q_i, k_i, v_i = part.take(q), part.take(k), part.take(v)                 # (b, L|S, E|Ev) views
-            dq, dk, dv = _backward_tiles(q_i, k_i, v_i, *(part.take(x) for x in (out, lse, mask, bias, grad_o)),
-                                         ctx.scale, ctx.causal, ctx.block_size)      # (b, L, E), (b, S, E), (b, S, Ev)
-            return sum_to(dq, q_i.shape), sum_to(dk, k_i.shape), sum_to(dv, v_i.shape)   # as this part's inputs
-
-        grads = parallel.run(backprop, parts)                                        # [(dQ, dK, dV) of each part]
-        return tuple(parallel.join([g[n] for g in grads], x, parts)                # (..., L, E), (..., S, E), ...
-                     for n, x in enumerate((q, k, v)))
+        return parallel.map_batch(flash_backward, q, k, v, out, lse, mask, bias, grad_o, grads_for=(q, k, v),
+                                  **ctx.options)                  # (..., L, E), (..., S, E), (..., S, Ev)
 
 
-def _forward_tiles(q, k, v, mask, bias, out, lse, scale, causal, block_size):
-    """The forward's loops (see FlashAttentionFunction), filling ``out`` (..., L, Ev) and ``lse`` (..., L, 1)."""
+def flash_forward(q, k, v, mask, bias, scale, causal, block_size):
+    """The forward's loops (see FlashAttentionFunction) on whole arrays: returns O (..., L, Ev) and L (..., L, 1)."""
     num_queries, num_keys, value_dim = q.shape[-2], k.shape[-2], v.shape[-1]
-    batch = out.shape[:-2]                                                          # (...)
+    batch = masks.batch_shape(q, k, v, mask, bias)                                   # (...)
+    mask, bias = _to_scores_shape(mask, num_queries, num_keys), _to_scores_shape(bias, num_queries, num_keys)
+    out = xp.empty(batch + (num_queries, value_dim), dtype=q.dtype)                 # (..., L, Ev)  O, block by block
+    lse = xp.empty(batch + (num_queries, 1), dtype=q.dtype)                         # (..., L, 1)   L, block by block
     for i0, i1 in _blocks(num_queries, block_size):
         rows = slice(i0, i1)
         q_i = q[..., rows, :] * scale                                               # (..., B_q, E)
@@ -131,14 +117,16 @@ def _forward_tiles(q, k, v, mask, bias, out, lse, scale, causal, block_size):
             m = m_new                                                                # (..., B_q, 1)
         seen = l > 0                                                                 # (..., B_q, 1) a key took part
         l_safe = xp.where(seen, l, 1)                                                # (..., B_q, 1) ℓ = 0 → 1
-        out[..., rows, :] = acc / l_safe                                             # (..., B_q, Ev), 0 if none seen
-        lse[..., rows, :] = xp.where(seen, m + xp.log(l_safe), -xp.inf)              # (..., B_q, 1)
+        out[..., rows, :] = acc / l_safe                                             # (..., B_q, Ev)  O_i = Õ / ℓ
+        lse[..., rows, :] = xp.where(seen, m + xp.log(l_safe), -xp.inf)              # (..., B_q, 1)   L_i = m + log ℓ
+    return out, lse
 
 
-def _backward_tiles(q, k, v, out, lse, mask, bias, grad_o, scale, causal, block_size):
-    """The backward's loops (see FlashAttentionFunction): (dQ, dK, dV) with the batch axes of ``out``."""
+def flash_backward(q, k, v, out, lse, mask, bias, grad_o, scale, causal, block_size):
+    """The backward's loops (see FlashAttentionFunction) on whole arrays: returns (dQ, dK, dV)."""
     num_queries, num_keys = q.shape[-2], k.shape[-2]
     batch = out.shape[:-2]                                                           # (...)
+    mask, bias = _to_scores_shape(mask, num_queries, num_keys), _to_scores_shape(bias, num_queries, num_keys)
     d = (grad_o * out).sum(axis=-1, keepdims=True)                                   # (..., L, 1)  D = rowsum(dO ∘ O)
     lse = xp.where(xp.isfinite(lse), lse, 0)                                         # (..., L, 1)  fully masked: 0
     dq = xp.zeros(batch + q.shape[-2:], dtype=q.dtype)                               # (..., L, E)
@@ -160,13 +148,7 @@ def _backward_tiles(q, k, v, out, lse, mask, bias, grad_o, scale, causal, block_
             dq[..., rows, :] += ds @ k_j                                             # (..., B_q, E)  · scale below
             dk[..., cols, :] += ds.swapaxes(-1, -2) @ q_i                            # (..., B_k, E)  q_i has the scale
     dq *= scale                                                                      # (..., L, E)
-    return dq, dk, dv
-
-
-def _parts(batch, q, k, v):
-    """The batch cut in one part per core (autograd/parallel.py), by the dense algorithm's multiply-adds."""
-    madds = math.prod(batch) * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
-    return parallel.batch_parts(batch, madds)
+    return sum_to(dq, q.shape), sum_to(dk, k.shape), sum_to(dv, v.shape)   # each summed over its broadcast axes
 
 
 def _check_options(block_size, dropout_p):
@@ -195,12 +177,12 @@ def _tile_scores(q_i, k_j, mask, bias, causal, rows, cols):
     s = q_i @ k_j.swapaxes(-1, -2)                                                   # (..., B_q, B_k)
     if bias is not None:
         s = s + bias[..., rows, cols]                                                # (..., B_q, B_k)
-    keep = None if mask is None else mask[..., rows, cols]                           # (..., B_q, B_k)
+    tile_mask = None if mask is None else mask[..., rows, cols]                           # (..., B_q, B_k)
     if causal and cols.stop - 1 > rows.start:                      # the tile reaches above the diagonal
         below = xp.arange(rows.start, rows.stop)[:, None] >= xp.arange(cols.start, cols.stop)   # (B_q, B_k)
-        keep = below if keep is None else keep & below                               # (..., B_q, B_k)
-    if keep is not None:
-        s = xp.where(keep, s, -xp.inf)                                               # (..., B_q, B_k)
+        tile_mask = below if tile_mask is None else tile_mask & below                               # (..., B_q, B_k)
+    if tile_mask is not None:
+        s = xp.where(tile_mask, s, -xp.inf)                                               # (..., B_q, B_k)
     return s
 
 
@@ -227,12 +209,12 @@ def flash_attention_reference(q, k, v, mask=None, bias=None, scale=1.0, causal=F
             s = ops.matmul(q_i, ops.transpose(k[..., cols, :]))                      # (..., B_q, B_k)
             if bias is not None:
                 s = s + Tensor(bias[..., rows, cols])                                # (..., B_q, B_k)
-            keep = None if mask is None else mask[..., rows, cols]                   # (..., B_q, B_k)
+            tile_mask = None if mask is None else mask[..., rows, cols]                   # (..., B_q, B_k)
             if causal:
                 below = xp.arange(i0, i1)[:, None] >= xp.arange(j0, j1)             # (B_q, B_k)
-                keep = below if keep is None else keep & below
-            if keep is not None:
-                s = ops.masked_fill(s, ~keep, -xp.inf)                               # (..., B_q, B_k)
+                tile_mask = below if tile_mask is None else tile_mask & below
+            if tile_mask is not None:
+                s = ops.masked_fill(s, ~tile_mask, -xp.inf)                               # (..., B_q, B_k)
             m_new = xp.maximum(m, s.data.max(axis=-1, keepdims=True))               # (..., B_q, 1)
             shift = xp.where(xp.isfinite(m_new), m_new, 0)                           # (..., B_q, 1)
             p = ops.exp(s - Tensor(shift))                                           # (..., B_q, B_k)

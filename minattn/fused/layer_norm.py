@@ -1,6 +1,27 @@
 """Layer normalisation over the last axis, fused, with the backward written by hand; and its twin from primitives."""
-from autograd.backend import xp
+from autograd import parallel
+from autograd.backend import rowsum, xp
 from autograd.function import Function
+
+
+def layer_norm_forward(x, gamma, beta, eps):
+    """The forward of LayerNormFunction on whole arrays: returns (y, x̂, r)."""
+    mu = rowsum(x) / x.shape[-1]                                      # (..., 1)  μ = mean(x)
+    xc = x - mu                                                       # (..., D)  x − μ
+    rstd = 1 / xp.sqrt(rowsum(xc * xc) / x.shape[-1] + eps)           # (..., 1)  r = 1/√(σ² + ε)
+    x_hat = xc * rstd                                                 # (..., D)  x̂
+    return x_hat * gamma + beta, x_hat, rstd                          # (..., D)  y = γ ∘ x̂ + β
+
+
+def layer_norm_backward(x_hat, rstd, grad_y, gamma):
+    """The backward of LayerNormFunction on whole arrays: returns (dx, dγ, dβ)."""
+    rows_g = grad_y.reshape(-1, grad_y.shape[-1])                     # (N, D)
+    d_gamma = (rows_g * x_hat.reshape(rows_g.shape)).sum(axis=0)      # (D,)     dγ = Σ_rows dy ∘ x̂
+    d_beta = rows_g.sum(axis=0)                                       # (D,)     dβ = Σ_rows dy
+    d_xhat = grad_y * gamma                                           # (..., D) dx̂ = dy ∘ γ
+    size = x_hat.shape[-1]                                            # D
+    dx = rstd * (d_xhat - rowsum(d_xhat) / size - x_hat * (rowsum(d_xhat * x_hat) / size))   # (..., D)
+    return dx, d_gamma, d_beta
 
 
 class LayerNormFunction(Function):
@@ -13,29 +34,22 @@ class LayerNormFunction(Function):
               because x̂ depends on every x of its row through μ and σ²: ∂μ/∂x_j = 1/D and ∂σ²/∂x_j = 2(x_j − μ)/D
               give the two subtracted means (the components of dx̂ along 1 and along x̂ are projected out).
     Saved:    x̂ and r (not x): the backward needs nothing else.
+    Executed by ``parallel.map_batch`` (rows cut into chunks; each chunk's dγ, dβ are its rows' share, added up).
     Shapes:   x, y: (..., D); γ, β: (D,)
     Source:   Ba, Kiros & Hinton 2016; PyTorch nn.LayerNorm (biased variance, ε inside the square root)
     """
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps=1e-5):
-        mu = x.mean(axis=-1, keepdims=True)                           # (..., 1)
-        xc = x - mu                                                   # (..., D)
-        rstd = 1 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + x.dtype.type(eps))   # (..., 1)
-        x_hat = xc * rstd                                             # (..., D)
-        ctx.save_for_backward(x_hat, rstd, gamma)
-        return x_hat * gamma + beta                                   # (..., D)
+        y, x_hat, rstd = parallel.map_batch(layer_norm_forward, x, core_ndim=1, gamma=gamma, beta=beta, eps=eps)
+        ctx.save_for_backward(x_hat, rstd, gamma, beta)
+        return y                                                      # (..., D)
 
     @staticmethod
     def backward(ctx, grad_y):
-        x_hat, rstd, gamma = ctx.saved
-        rows_g = grad_y.reshape(-1, grad_y.shape[-1])                # (N, D)
-        d_gamma = (rows_g * x_hat.reshape(rows_g.shape)).sum(axis=0)  # (D,)
-        d_beta = rows_g.sum(axis=0)                                   # (D,)
-        d_xhat = grad_y * gamma                                       # (..., D)
-        dx = rstd * (d_xhat - d_xhat.mean(axis=-1, keepdims=True)
-                     - x_hat * (d_xhat * x_hat).mean(axis=-1, keepdims=True))   # (..., D)
-        return dx, d_gamma, d_beta
+        x_hat, rstd, gamma, beta = ctx.saved
+        return parallel.map_batch(layer_norm_backward, x_hat, rstd, grad_y, core_ndim=1, gamma=gamma,
+                                  grads_for=(x_hat, gamma, beta))     # dx (shaped as x̂, hence as x), dγ, dβ
 
 
 def layer_norm_reference(x, gamma, beta, eps=1e-5):

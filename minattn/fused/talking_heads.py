@@ -4,11 +4,11 @@ Talking heads (Shazeer et al. 2020, arXiv 2003.02436) lets the heads exchange in
 logits of the h_k query/key heads are mixed into h softmax heads by P_l BEFORE the softmax, and the h softmax
 weights are mixed into h_v value heads by P_w AFTER it. Each mix is a matrix product over the heads axis.
 """
-from autograd import ops
+from autograd import ops, parallel
 from autograd.backend import xp
 from autograd.function import Function
 from autograd.ops import sum_to
-from minattn.fused.softmax import masked_softmax_forward, softmax_backward, softmax_reference
+from minattn.fused.softmax import softmax_backward, softmax_forward, softmax_reference
 
 
 def mix_heads(weight, x):
@@ -34,6 +34,45 @@ def mix_heads_backward(weight, x, grad_out, need_x=True):
     return d_weight, d_x
 
 
+def talking_heads_forward(q, k, v, mask, attn_bias, dropout_mask, w_l, w_w, b_l, b_w, scale):
+    """The forward of TalkingHeadsFunction on whole arrays: returns (O, J, W, U)."""
+    logits = (q * scale) @ k.swapaxes(-1, -2)                                # (..., h_k, L, S)  J = (Q · scale) Kᵀ
+    mixed = mix_heads(w_l, logits)                                           # (..., h, L, S)    P_l J
+    if b_l is not None:
+        mixed = mixed + b_l[:, None, None]                                   # (..., h, L, S)    A = P_l J + b_l
+    weights = softmax_forward(mixed, mask, attn_bias)                        # (..., h, L, S)    W = softmax(A + bias)
+    value_weights = mix_heads(w_w, weights)                                  # (..., h_v, L, S)  P_w W
+    if b_w is not None:
+        value_weights = value_weights + b_w[:, None, None]                   # (..., h_v, L, S)  P_w W + b_w
+    post_mask = _post_mask(mask, attn_bias)                                  # (..., 1, L, S) or None
+    if post_mask is not None:
+        value_weights = xp.where(post_mask, value_weights, 0)                # (..., h_v, L, S)  U: masked keys → 0
+    used = value_weights if dropout_mask is None else value_weights * dropout_mask   # (..., h_v, L, S)  U ∘ D
+    return used @ v, logits, weights, value_weights                          # O (..., h_v, L, d_v), J, W, U
+
+
+def talking_heads_backward(q, k, v, mask, attn_bias, dropout_mask, logits, weights, value_weights, grad_o,
+                           w_l, w_w, needs_bias, scale):
+    """The backward of TalkingHeadsFunction on whole arrays: (dQ, dK, dV, dP_l, dP_w, db_l, db_w)."""
+    used = value_weights if dropout_mask is None else value_weights * dropout_mask   # (..., h_v, L, S)  U ∘ D
+    dv = used.swapaxes(-1, -2) @ grad_o                                      # (..., h_v, S, d_v)  dV = (U ∘ D)ᵀ dO
+    d_u = grad_o @ v.swapaxes(-1, -2)                                        # (..., h_v, L, S)  dO Vᵀ
+    if dropout_mask is not None:
+        d_u = d_u * dropout_mask                                             # (..., h_v, L, S)  (dO Vᵀ) ∘ D
+    post_mask = _post_mask(mask, attn_bias)                                  # (..., 1, L, S) or None
+    if post_mask is not None:
+        d_u = xp.where(post_mask, d_u, 0)                                    # (..., h_v, L, S)  dU: re-mask passes none
+    d_w_w, d_weights = mix_heads_backward(w_w, weights, d_u)                 # (h_v, h), (..., h, L, S)  dP_w, dW
+    d_mixed = softmax_backward(weights, d_weights)                           # (..., h, L, S)  dA = W ∘ (dW − Σ dW ∘ W)
+    d_w_l, d_logits = mix_heads_backward(w_l, logits, d_mixed)               # (h, h_k), (..., h_k, L, S)  dP_l, dJ
+    dq = (d_logits @ k) * scale                                              # (..., h_k, L, d_k)  dQ = dJ K · scale
+    dk = (d_logits.swapaxes(-1, -2) @ q) * scale                             # (..., h_k, S, d_k)  dK = dJᵀ Q · scale
+    heads = tuple(a for a in range(d_mixed.ndim) if a != d_mixed.ndim - 3)   # every axis but the heads axis
+    db_l = d_mixed.sum(axis=heads) if needs_bias else None                   # (h,)   db_l = Σ dA
+    db_w = d_u.sum(axis=heads) if needs_bias else None                       # (h_v,) db_w = Σ dU
+    return sum_to(dq, q.shape), sum_to(dk, k.shape), sum_to(dv, v.shape), d_w_l, d_w_w, db_l, db_w
+
+
 class TalkingHeadsFunction(Function):
     """The talking-heads core — mix → mask → softmax → mix → re-mask → weighted sum — in one node.
 
@@ -52,51 +91,32 @@ class TalkingHeadsFunction(Function):
               dP_l = Σ dA Jᵀ,  db_l = Σ dA,  dJ = P_lᵀ dA
               dQ = dJ K · scale,  dK = dJᵀ (Q · scale)
               each line the rule for a product (∂(XY) = ∂X Y + X ∂Y) or for the softmax, in reverse order.
-    Saved:    Q · scale, K, V, J, W, U (three (..., ·, L, S) arrays; J could be recomputed, kept for clarity), the
-              post-mask and D.
+    Saved:    Q, K, V, J, W, U (three (..., ·, L, S) arrays; J could be recomputed, kept for clarity), the masks
+              and D.
+    Executed by ``parallel.map_batch`` (chunks of the batch B; P_l, P_w and their biases given whole to each chunk,
+    their gradients added up).
     With h_k = h = h_v, P_l = P_w = I and no biases this is exactly scaled dot-product attention per head.
     Source:   Shazeer et al. 2020, "Talking-Heads Attention", Algorithm 2; mesh_tensorflow
               TalkingHeadsSelfAttention (no biases); timm CaiT TalkingHeadAttn (square, with biases, no mask).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, w_l, w_w, *proj_biases, mask=None, attn_bias=None, scale=1.0, keep=None):
-        q_scaled = q * q.dtype.type(scale)                                   # (..., h_k, L, d_k)
-        logits = q_scaled @ k.swapaxes(-1, -2)                               # J: (..., h_k, L, S)
-        mixed = mix_heads(w_l, logits)                                       # A: (..., h, L, S)
-        if proj_biases:
-            mixed += proj_biases[0][:, None, None]                           # + b_l
-        weights = masked_softmax_forward(mixed, mask, attn_bias, overwrite=True)   # W: (..., h, L, S)
-        value_weights = mix_heads(w_w, weights)                              # U: (..., h_v, L, S)
-        if proj_biases:
-            value_weights += proj_biases[1][:, None, None]                   # + b_w
-        post_mask = _post_mask(mask, attn_bias)                              # (..., 1, L, S) or None
-        if post_mask is not None:
-            value_weights = xp.where(post_mask, value_weights, 0)            # masked keys: exactly 0
-        used = value_weights * keep if keep is not None else value_weights   # (..., h_v, L, S)
-        ctx.save_for_backward(q_scaled, k, v, w_l, w_w, logits, weights, value_weights, post_mask, keep)
-        ctx.scale, ctx.q_shape, ctx.has_bias = scale, q.shape, bool(proj_biases)
-        return used @ v                                                      # (..., h_v, L, d_v)
+    def forward(ctx, q, k, v, w_l, w_w, *proj_biases, mask=None, attn_bias=None, scale=1.0, dropout_mask=None):
+        b_l, b_w = proj_biases if proj_biases else (None, None)
+        out, logits, weights, value_weights = parallel.map_batch(
+            talking_heads_forward, q, k, v, mask, attn_bias, dropout_mask, core_ndim=3,
+            w_l=w_l, w_w=w_w, b_l=b_l, b_w=b_w, scale=scale)                  # (..., h_v, L, d_v), J, W, U
+        ctx.save_for_backward(q, k, v, mask, attn_bias, dropout_mask, logits, weights, value_weights, w_l, w_w, b_l, b_w)
+        ctx.scale, ctx.attention_weights, ctx.mixed_weights = scale, weights, value_weights
+        return out
 
     @staticmethod
     def backward(ctx, grad_o):
-        q_scaled, k, v, w_l, w_w, logits, weights, value_weights, post_mask, keep = ctx.saved
-        used = value_weights * keep if keep is not None else value_weights   # (..., h_v, L, S)
-        dv = sum_to(used.swapaxes(-1, -2) @ grad_o, v.shape)                 # (..., h_v, S, d_v)
-        d_used = grad_o @ v.swapaxes(-1, -2)                                 # (..., h_v, L, S)
-        d_u = d_used * keep if keep is not None else d_used                  # (..., h_v, L, S)
-        if post_mask is not None:
-            d_u = xp.where(post_mask, d_u, 0)                                # the re-mask passes no gradient
-        d_w_w, d_weights = mix_heads_backward(w_w, weights, d_u)             # (h_v, h), (..., h, L, S)
-        d_mixed = softmax_backward(weights, d_weights, overwrite=True)       # dA: (..., h, L, S)
-        d_w_l, d_logits = mix_heads_backward(w_l, logits, d_mixed)           # (h, h_k), (..., h_k, L, S)
-        dq = sum_to((d_logits @ k) * q_scaled.dtype.type(ctx.scale), ctx.q_shape)   # (..., h_k, L, d_k)
-        dk = sum_to(d_logits.swapaxes(-1, -2) @ q_scaled, k.shape)           # (..., h_k, S, d_k)
-        grads = (dq, dk, dv, d_w_l, d_w_w)
-        if ctx.has_bias:
-            axes = tuple(a for a in range(d_mixed.ndim) if a != d_mixed.ndim - 3)
-            grads += (d_mixed.sum(axis=axes), d_u.sum(axis=axes))            # db_l (h,), db_w (h_v,)
-        return grads
+        q, k, v, mask, attn_bias, dropout_mask, logits, weights, value_weights, w_l, w_w, b_l, b_w = ctx.saved
+        grads = parallel.map_batch(talking_heads_backward, q, k, v, mask, attn_bias, dropout_mask, logits, weights,
+                                   value_weights, grad_o, core_ndim=3, w_l=w_l, w_w=w_w, needs_bias=b_l is not None,
+                                   scale=ctx.scale, grads_for=(q, k, v, w_l, w_w, b_l, b_w))
+        return grads if b_l is not None else grads[:5]                       # dQ, dK, dV, dP_l, dP_w (, db_l, db_w)
 
 
 def _post_mask(mask, attn_bias):
@@ -107,7 +127,8 @@ def _post_mask(mask, attn_bias):
     return mask if finite is None else mask & finite
 
 
-def talking_heads_reference(q, k, v, w_l, w_w, b_l=None, b_w=None, mask=None, attn_bias=None, scale=1.0, keep=None):
+def talking_heads_reference(q, k, v, w_l, w_w, b_l=None, b_w=None, mask=None, attn_bias=None, scale=1.0,
+                            dropout_mask=None):
     """The same core composed from engine primitives (matmul, reshape, add, softmax_reference, where, mul)."""
 
     def mix(weight, x):                                                      # (..., h_in, L, S) → (..., h_out, L, S)
@@ -126,6 +147,6 @@ def talking_heads_reference(q, k, v, w_l, w_w, b_l=None, b_w=None, mask=None, at
     post_mask = _post_mask(mask, attn_bias)                                  # (..., 1, L, S) or None
     if post_mask is not None:
         value_weights = ops.where(post_mask, value_weights, xp.zeros((), dtype=value_weights.dtype))   # re-mask
-    if keep is not None:
-        value_weights = value_weights * ops.lift(keep, value_weights)        # (..., h_v, L, S)
+    if dropout_mask is not None:
+        value_weights = value_weights * ops.lift(dropout_mask, value_weights)        # (..., h_v, L, S)
     return ops.matmul(value_weights, v)                                      # (..., h_v, L, d_v)
