@@ -165,8 +165,7 @@ def load(path, model, optimizer=None):
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         raise ValueError(f"{path}: the checkpoint does not fit: {message}") from err
     if optimizer is not None:
-        for name, value in checked.items():         # checked above: cannot fail
-            setattr(optimizer, name, value)
+        optimizer._apply_state(checked)             # checked above: cannot fail
     return extra
 
 

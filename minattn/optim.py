@@ -74,7 +74,11 @@ class Optimizer:
         every problem, for another optimizer type, another number of parameters, a buffer array whose shape or dtype
         is not its parameter's, or a bad lr, step count or hyperparameter. On error the optimizer is left unchanged.
         """
-        for name, value in self._checked_state(state).items():
+        self._apply_state(self._checked_state(state))
+
+    def _apply_state(self, checked):
+        """Set what ``_checked_state`` returned (it cannot fail: everything was checked)."""
+        for name, value in checked.items():
             setattr(self, name, value)
 
     def _checked_state(self, state):
@@ -187,6 +191,9 @@ class Adam(Optimizer):
 
     State (``state_dict``): ``m``, ``v`` (one array per parameter) and ``step_count`` t, which the bias corrections
     read — all three must be restored for a resumed run to take the same steps.
+    The per-parameter ``m[i]``, ``v[i]`` are views of two flat buffers, so that a step whose every parameter has a
+    gradient updates all of them with a handful of array operations on the flat buffers (not a handful per
+    parameter); the arithmetic is the same, element by element.
     """
 
     hyperparameters = ("betas", "eps", "weight_decay")
@@ -197,8 +204,21 @@ class Adam(Optimizer):
             raise ValueError(f"Adam betas must be two numbers in [0, 1), got {betas}")
         super().__init__(params, lr)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
-        self.m = [xp.zeros_like(p.data) for p in self.params]
-        self.v = [xp.zeros_like(p.data) for p in self.params]
+        dtypes = {p.dtype for p in self.params}
+        self._flat_dtype = dtypes.pop() if len(dtypes) == 1 else None     # one flat buffer needs one dtype
+        self.m, self._m_flat = self._buffer()
+        self.v, self._v_flat = self._buffer()
+
+    def _buffer(self):
+        """Zeros for every parameter: (list of per-parameter views, the flat array they view, or None)."""
+        if self._flat_dtype is None:
+            return [xp.zeros_like(p.data) for p in self.params], None
+        flat = xp.zeros(sum(p.size for p in self.params), dtype=self._flat_dtype)
+        views, start = [], 0
+        for p in self.params:
+            views.append(flat[start:start + p.size].reshape(p.shape))
+            start += p.size
+        return views, flat
 
     def step(self):
         """One Adam update of every parameter that has a gradient."""
@@ -207,6 +227,19 @@ class Adam(Optimizer):
         correction1 = 1 - beta1 ** self.step_count
         correction2 = 1 - beta2 ** self.step_count
         step_size = self.lr / correction1
+        if self._m_flat is not None and all(p.grad is not None for p in self.params):
+            g = xp.concatenate([p.grad.reshape(-1) for p in self.params])   # every gradient, one flat array
+            if self.weight_decay:
+                g += self.weight_decay * xp.concatenate([p.data.reshape(-1) for p in self.params])
+            m, v = self._m_flat, self._v_flat
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * (g * g)
+            update = step_size * m / (xp.sqrt(v / correction2) + self.eps)
+            for p, u in zip(self.params, self._views(update)):
+                p.data -= u
+            return
         for p, m, v in zip(self.params, self.m, self.v):
             if p.grad is None:
                 continue
@@ -216,6 +249,25 @@ class Adam(Optimizer):
             v *= beta2
             v += (1 - beta2) * (g * g)
             p.data -= step_size * m / (xp.sqrt(v / correction2) + self.eps)
+
+    def _views(self, flat):
+        """``flat`` cut into one view per parameter, shaped like it."""
+        start = 0
+        for p in self.params:
+            yield flat[start:start + p.size].reshape(p.shape)
+            start += p.size
+
+    def _apply_state(self, checked):
+        """As ``Optimizer._apply_state``; m and v are copied into the flat buffers, which stay shared."""
+        checked = dict(checked)
+        for name in ("m", "v"):
+            arrays = checked.pop(name)
+            if self._m_flat is None:
+                setattr(self, name, arrays)
+                continue
+            for view, a in zip(getattr(self, name), arrays):
+                view[...] = a
+        super()._apply_state(checked)
 
     def _check_hyperparameter(self, name, value):
         if name == "betas":
@@ -259,7 +311,7 @@ def clip_grad_norm_(parameters, max_norm):
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
-    total = float(xp.sqrt(sum((g * g).sum() for g in grads)))
+    total = float(xp.sqrt(sum(xp.vdot(g, g) for g in grads)))      # vdot: one BLAS dot per gradient
     if total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:
