@@ -10,7 +10,8 @@ grad mode is on), records the node that ``Tensor.backward`` will visit. Arrays i
 graph (first-order only, like PyTorch's ``once_differentiable``) and must not modify ``grad_out`` in place (the same
 array may reach several inputs). The engine checks that each returned gradient has its input's shape and dtype.
 """
-from autograd.tensor import Tensor, as_data, is_grad_enabled
+from autograd.grad_mode import is_grad_enabled
+from autograd.tensor import Node, Tensor
 
 
 class Context:
@@ -67,11 +68,11 @@ class Function:
     @classmethod
     def apply_with_ctx(cls, *inputs, **params):
         """Like ``apply``, and also return the Context (to read what the forward saved, e.g. attention weights)."""
-        tensors = tuple(x if isinstance(x, Tensor) else Tensor(as_data(x)) for x in inputs)
-        needs = tuple(t.requires_grad for t in tensors)
+        tensors = tuple([x if isinstance(x, Tensor) else Tensor(x) for x in inputs])   # lists: faster than generators
+        needs = tuple([t.requires_grad for t in tensors])
         ctx = Context(needs)
-        out = Tensor(cls.forward(ctx, *(t.data for t in tensors), **params))
+        out = Tensor(cls.forward(ctx, *[t.data for t in tensors], **params))
         if is_grad_enabled() and any(needs):
             out.requires_grad = True
-            out._node = (cls, ctx, tensors)
+            out._node = Node(cls, ctx, tensors)
         return out, ctx

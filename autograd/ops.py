@@ -4,16 +4,16 @@ Every backward is the chain rule for one operation: given g = dL/d(out), return 
 operations broadcast like NumPy, so their backward ends with ``sum_to``: a gradient must be summed over every axis the
 broadcast stretched (one input value was used at many output positions, so its gradient is the sum of theirs).
 
-The functions at the bottom (``add``, ``matmul``, ``where`` ...) are what Tensor's operators call; they lift Python
-numbers to tensors of the other operand's dtype (so ``x * 2.0`` stays float32) and refuse to mix float dtypes.
+The checked public functions that Tensor's operators call (``add``, ``matmul``, ``where`` ..., with their argument
+checks and the dtype policy of ``lift``) are API conveniences, out of the learner's path, in api.py and dtypes.py;
+they are re-exported at the bottom of this file, so ``ops.matmul`` and ``ops.lift`` work as before.
 """
-import numbers
-import operator
+import itertools
+import math
 
 from autograd import backend
 from autograd.backend import xp
 from autograd.function import Function
-from autograd.tensor import Tensor, as_data
 
 
 def sum_to(grad, shape):
@@ -182,16 +182,6 @@ class ReLU(Function):
 
 
 # --- reductions ------------------------------------------------------------------------------------------------------
-def _normalize_axes(axis, ndim):
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (operator.index(axis),) if not isinstance(axis, (tuple, list)) else tuple(map(operator.index, axis))
-    for a in axes:
-        if not -ndim <= a < ndim:
-            raise ValueError(f"axis {a} is out of range for a tensor with {ndim} axes")
-    return tuple(sorted(a % ndim for a in axes))
-
-
 def _keepdims_shape(shape, axes):
     return tuple(1 if i in axes else n for i, n in enumerate(shape))
 
@@ -215,10 +205,7 @@ class Mean(Function):
 
     @staticmethod
     def forward(ctx, x, axes, keepdims):
-        ctx.shape, ctx.axes = x.shape, axes
-        ctx.count = 1
-        for a in axes:
-            ctx.count *= x.shape[a]
+        ctx.shape, ctx.axes, ctx.count = x.shape, axes, math.prod(x.shape[a] for a in axes)
         return x.mean(axis=axes, keepdims=keepdims)
 
     @staticmethod
@@ -270,9 +257,7 @@ class Permute(Function):
 
     @staticmethod
     def backward(ctx, g):
-        inverse = [0] * len(ctx.axes)
-        for i, a in enumerate(ctx.axes):
-            inverse[a] = i
+        inverse = [ctx.axes.index(i) for i in range(len(ctx.axes))]   # where each axis of x went
         return (g.transpose(inverse),)
 
 
@@ -300,7 +285,7 @@ class Concatenate(Function):
     @staticmethod
     def forward(ctx, *xs, axis):
         ctx.axis = axis
-        ctx.bounds = list(_cumsum([x.shape[axis] for x in xs])[:-1])
+        ctx.bounds = list(itertools.accumulate(x.shape[axis] for x in xs))[:-1]
         return xp.concatenate(xs, axis=axis)
 
     @staticmethod
@@ -363,193 +348,7 @@ class MatMul(Function):
         return da, db
 
 
-def _cumsum(values):
-    total, out = 0, []
-    for v in values:
-        total += v
-        out.append(total)
-    return out
-
-
-# --- the functions Tensor's operators call ---------------------------------------------------------------------------
-def lift(x, like):
-    """``x`` as a Tensor for a binary operation with the Tensor ``like``.
-
-    Python and NumPy scalars take ``like``'s dtype (so ``float32 * 2.0`` stays float32). Raises TypeError when two floating
-    tensors of different dtypes meet: minattn never casts silently (cast explicitly with ``Tensor(x, dtype=...)``).
-    """
-    if not isinstance(x, Tensor):
-        if isinstance(x, numbers.Real) and not isinstance(x, numbers.Integral) and not backend.is_floating(like.dtype):
-            raise TypeError(f"a float {x!r} meets a {like.dtype} tensor; convert the tensor to a float dtype first")
-        if isinstance(x, numbers.Real) and getattr(x, "ndim", 0) == 0:   # Python and NumPy scalars
-            return Tensor(xp.asarray(x, dtype=like.dtype))
-        x = Tensor(as_data(x))
-    if x.dtype != like.dtype and (backend.is_floating(x.dtype) or backend.is_floating(like.dtype)):
-        raise TypeError(f"operands have dtypes {like.dtype} and {x.dtype}; cast one explicitly")
-    return x
-
-
-def _binary(function, a, b):
-    if isinstance(a, Tensor):
-        return function.apply(a, lift(b, a))
-    b = lift(b, Tensor(0.0)) if not isinstance(b, Tensor) else b
-    return function.apply(lift(a, b), b)
-
-
-def add(a, b):
-    """a + b, broadcasting."""
-    return _binary(Add, a, b)
-
-
-def sub(a, b):
-    """a - b, broadcasting."""
-    return _binary(Sub, a, b)
-
-
-def mul(a, b):
-    """a * b, broadcasting."""
-    return _binary(Mul, a, b)
-
-
-def div(a, b):
-    """a / b, broadcasting."""
-    return _binary(Div, a, b)
-
-
-def neg(x):
-    """-x."""
-    return Neg.apply(x)
-
-
-def pow(x, exponent):
-    """x ** exponent for a Python number ``exponent`` (TypeError for a tensor exponent)."""
-    if not isinstance(exponent, (int, float)):
-        raise TypeError(f"pow: the exponent must be a Python number, got {type(exponent).__name__}")
-    return Pow.apply(x, exponent=exponent)
-
-
-def exp(x):
-    """Elementwise e**x."""
-    return Exp.apply(x)
-
-
-def log(x):
-    """Elementwise natural logarithm."""
-    return Log.apply(x)
-
-
-def tanh(x):
-    """Elementwise tanh."""
-    return Tanh.apply(x)
-
-
-def relu(x):
-    """Elementwise max(x, 0)."""
-    return ReLU.apply(x)
-
-
-def sum(x, axis=None, keepdims=False):
-    """Sum over ``axis`` (int, tuple, or None for every axis)."""
-    return Sum.apply(x, axes=_normalize_axes(axis, x.ndim), keepdims=keepdims)
-
-
-def mean(x, axis=None, keepdims=False):
-    """Mean over ``axis`` (int, tuple, or None for every axis)."""
-    return Mean.apply(x, axes=_normalize_axes(axis, x.ndim), keepdims=keepdims)
-
-
-def max(x, axis=None, keepdims=False):
-    """Maximum over ``axis``; tied maxima share the gradient equally."""
-    return Max.apply(x, axes=_normalize_axes(axis, x.ndim), keepdims=keepdims)
-
-
-def reshape(x, shape):
-    """``x`` with a new shape (one entry may be -1)."""
-    return Reshape.apply(x, shape=tuple(shape))
-
-
-def permute(x, axes):
-    """``x`` with its axes reordered; ``axes`` must be a permutation of range(x.ndim) (ValueError otherwise)."""
-    if any(not -x.ndim <= a < x.ndim for a in axes):
-        raise ValueError(f"permute: axes {tuple(axes)} out of range for shape {x.shape}")
-    axes = tuple(a % x.ndim for a in axes)
-    if sorted(axes) != list(range(x.ndim)):
-        raise ValueError(f"permute: axes {axes} are not a permutation of the {x.ndim} axes of shape {x.shape}")
-    return Permute.apply(x, axes=axes)
-
-
-def transpose(x, axis0=-2, axis1=-1):
-    """``x`` with two axes swapped."""
-    axes = list(range(x.ndim))
-    axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
-    return permute(x, axes)
-
-
-def getitem(x, index):
-    """``x[index]``: slices, ints, None, Ellipsis, integer or boolean arrays (Tensors allowed as index arrays)."""
-    if isinstance(index, tuple):
-        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    elif isinstance(index, Tensor):
-        index = index.data
-    return GetItem.apply(x, index=index)
-
-
-def _same_dtype(tensors, name):
-    tensors = [t if isinstance(t, Tensor) else Tensor(as_data(t)) for t in tensors]
-    if not tensors:
-        raise ValueError(f"{name}: need at least one tensor")
-    dtypes = {t.dtype for t in tensors}
-    if len(dtypes) > 1:
-        raise TypeError(f"{name}: tensors have dtypes {sorted(map(str, dtypes))}; cast them to one explicitly")
-    return tensors
-
-
-def concatenate(tensors, axis=0):
-    """Join tensors of one dtype along an existing axis (TypeError for mixed dtypes)."""
-    tensors = _same_dtype(tensors, "concatenate")
-    return Concatenate.apply(*tensors, axis=axis)
-
-
-def stack(tensors, axis=0):
-    """Join tensors of one shape and dtype along a new axis (TypeError for mixed dtypes)."""
-    tensors = _same_dtype(tensors, "stack")
-    return Stack.apply(*tensors, axis=axis)
-
-
-def where(condition, a, b):
-    """Elementwise ``a`` where the boolean ``condition`` is True, else ``b`` (all three broadcast).
-
-    Raises TypeError if ``condition`` is not boolean.
-    """
-    condition = as_data(condition)
-    if condition.dtype != backend.dtype_of("bool"):
-        raise TypeError(f"where: condition must be boolean, got {condition.dtype}")
-    if isinstance(a, Tensor):
-        b = lift(b, a)
-    else:
-        b = b if isinstance(b, Tensor) else Tensor(as_data(b))
-        a = lift(a, b)
-    return Where.apply(a, b, condition=condition)
-
-
-def masked_fill(x, mask, value):
-    """A copy of ``x`` with ``value`` (a Python number, -inf allowed) where the boolean ``mask`` is True."""
-    return where(mask, xp.asarray(value, dtype=x.dtype), x)
-
-
-def matmul(a, b):
-    """Matrix product with NumPy's rules: (..., n, k) @ (..., k, m) → (..., n, m), batch axes broadcast; a 1-D
-    operand is a vector (its axis is added, then removed). Raises ValueError on mismatched inner sizes.
-    """
-    a = a if isinstance(a, Tensor) else lift(a, b)
-    b = lift(b, a)
-    if a.ndim == 0 or b.ndim == 0:
-        raise ValueError("matmul: operands must have at least one axis")
-    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
-        raise ValueError(f"matmul: inner sizes differ: {a.shape} @ {b.shape}")
-    if a.ndim == 1:
-        return reshape(matmul(reshape(a, (1, -1)), b), b.shape[:-2] + b.shape[-1:] if b.ndim > 1 else ())
-    if b.ndim == 1:
-        return reshape(matmul(a, reshape(b, (-1, 1))), a.shape[:-1])
-    return MatMul.apply(a, b)
-
+# --- re-exported from dtypes.py and api.py: the library calls ops.lift, ops.matmul, ops.where ... ---------------------
+from autograd.dtypes import lift  # noqa: E402,F401
+from autograd.api import (add, sub, mul, div, neg, pow, exp, log, tanh, relu, sum, mean, max,  # noqa: E402,F401
+                          reshape, permute, transpose, getitem, concatenate, stack, where, masked_fill, matmul)

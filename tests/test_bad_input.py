@@ -97,7 +97,9 @@ def snapshot(*things):
             state[f"{i}:data"] = _copy(thing.data)
             state[f"{i}:grad"] = _copy(thing.grad)
             state[f"{i}:requires_grad"] = thing.requires_grad
-            state[f"{i}:node"] = id(thing._node)
+            node = thing._node   # the Node itself, and what it holds: a freed graph shows here
+            state[f"{i}:node"] = None if node is None else (id(node), node.function, id(node.ctx), node.ctx.freed,
+                                                            tuple(map(id, node.inputs)))
         else:
             raise TypeError(f"snapshot: cannot observe {type(thing).__name__}")
     return state

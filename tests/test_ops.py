@@ -480,7 +480,7 @@ _RECORDS = [
 def test_operator_records_its_primitive_function(function, call):
     """The node of the result is the Function named here, so the gradchecks above test that class's backward."""
     out = call(t64(_A), t64(_B))
-    assert out._node[0] is function
+    assert out._node.function is function
 
 
 def test_permute_rejects_out_of_range_axes():
