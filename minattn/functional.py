@@ -115,11 +115,12 @@ def dropout_mask(shape, p, dtype):
     return (u >= dtype.type(p)) * dtype.type(1 / (1 - p))
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5):
+def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None):
     """LayerNorm over the last axis. x: (..., D); weight γ and bias β: (D,), or None for 1 and 0 (constants).
 
-    Fused (see ``LayerNormFunction``). Raises ValueError if x's last axis or γ/β are not D, TypeError on a dtype
-    mismatch.
+    ``residual``: optional, shaped as x: normalise x + residual in the same node (the Transformer's Add & Norm).
+    Fused (see ``LayerNormFunction``). Raises ValueError if x's last axis or γ/β are not D or the residual is not
+    shaped as x, TypeError on a dtype mismatch.
     """
     _check_float(x, "x")
     size = x.shape[-1] if x.ndim else 0
@@ -132,7 +133,14 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
                              "x (..., D) and (D,)")
         if p.dtype != x.dtype:
             raise TypeError(f"layer_norm: x has dtype {x.dtype} but the {name} has {p.dtype}")
-    return LayerNormFunction.apply(x, weight, bias, eps=eps)
+    if residual is None:
+        return LayerNormFunction.apply(x, weight, bias, eps=eps)
+    _check_float(residual, "residual")
+    if residual.shape != x.shape:
+        raise ValueError(f"layer_norm: residual of shape {residual.shape} must have x's shape {x.shape}")
+    if residual.dtype != x.dtype:
+        raise TypeError(f"layer_norm: x has dtype {x.dtype} but the residual has {residual.dtype}")
+    return LayerNormFunction.apply(x, weight, bias, residual, eps=eps)
 
 
 def embedding(ids, weight):

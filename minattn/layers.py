@@ -76,9 +76,9 @@ class LayerNorm(Module):
         self.weight = Parameter(xp.ones(normalized_shape), dtype=_dtype(dtype))
         self.bias = Parameter(xp.zeros(normalized_shape), dtype=_dtype(dtype))
 
-    def forward(self, x):
-        """Fused Function, see ``minattn.fused.layer_norm``."""
-        return F.layer_norm(x, self.weight, self.bias, self.eps)
+    def forward(self, x, residual=None):
+        """LayerNorm(x), or LayerNorm(x + residual) in one node (fused Function, see ``minattn.fused.layer_norm``)."""
+        return F.layer_norm(x, self.weight, self.bias, self.eps, residual=residual)
 
     def extra_repr(self):
         """The constructor arguments, for repr."""

@@ -47,7 +47,7 @@ class Residual(Module):
         """x (B, L, d), sublayer: a callable (B, L, d) → (B, L, d)."""
         if self.norm_first:
             return x + self.dropout(sublayer(self.norm(x)))
-        return self.norm(x + self.dropout(sublayer(x)))
+        return self.norm(x, residual=self.dropout(sublayer(x)))     # LayerNorm(x + ...), Add & Norm in one node
 
 
 class EncoderBlock(Module):

@@ -433,3 +433,15 @@ def test_embedding_gradient_by_hand(rng):
     w, g = rng.standard_normal((4, 3)), rng.standard_normal((3, 3))
     _, (dw,) = run(lambda t: EmbeddingFunction.apply(t, ids=dev(np.array([2, 0, 2]))), [w], g)
     np.testing.assert_allclose(dw, np.stack([g[1], np.zeros(3), g[0] + g[2], np.zeros(3)]), **TIGHT)
+
+
+def test_layer_norm_with_a_residual_gradcheck_and_fused_equals_composed(rng):
+    """LayerNorm(x + R) in one node: gradcheck, and equal to Add then LayerNorm from primitives in value and in the
+    gradients of x, γ, β and R (the sum's gradient reaches x and R alike)."""
+    x, r = rng.standard_normal((2, 3, 5)), rng.standard_normal((2, 3, 5))
+    gamma, beta = rng.standard_normal(5), rng.standard_normal(5)
+    fused = lambda x, g, b, r: LayerNormFunction.apply(x, g, b, r, eps=1e-5)              # noqa: E731
+    assert gradcheck(fused, [t64(a) for a in (x, gamma, beta, r)])
+    _, grads = assert_fused_equals_composed(fused, lambda x, g, b, r: layer_norm_reference(x, g, b, residual=r),
+                                            [x, gamma, beta, r], rng)
+    np.testing.assert_array_equal(grads[0], grads[3])

@@ -30,7 +30,8 @@ def additive_attention_backward(qp, kp, v, p, dropout_mask, features, grad_o, w_
     dp = grad_o @ v.swapaxes(-1, -2)                                 # (..., L, S)     dO Vᵀ
     if dropout_mask is not None:
         dp = dp * dropout_mask                                       # (..., L, S)     dP = (dO Vᵀ) ∘ D
-    da = softmax_backward(p, dp)                                     # (..., L, S)     dA = P ∘ (dP − Σ dP ∘ P)
+    da = sum_to(softmax_backward(p, dp), features.shape[:-1])        # (..., L, S)     dA = P ∘ (dP − Σ dP ∘ P),
+                                                                     #                 summed to F's batch axes
     dw_v = xp.tensordot(da, features, axes=da.ndim) if needs[3] else None   # (H,)  dw_v = Σ_{..., i, j} dA_ij F_ij
     dz = da[..., None] * w_v * (1 - features * features)             # (..., L, S, H)  dZ = dA w_v ∘ (1 − F²)
     dqp = sum_to(dz.sum(axis=-2), qp.shape) if needs[0] else None    # (..., L, H)     dQp = Σ_j dZ_ij

@@ -4,8 +4,10 @@ from autograd.backend import rowsum, xp
 from autograd.function import Function
 
 
-def layer_norm_forward(x, gamma, beta, eps):
+def layer_norm_forward(x, residual, gamma, beta, eps):
     """The forward of LayerNormFunction on whole arrays: returns (y, x̂, r)."""
+    if residual is not None:
+        x = x + residual                                              # (..., D)  the sum that is normalised
     mu = rowsum(x) / x.shape[-1]                                      # (..., 1)  μ = mean(x)
     xc = x - mu                                                       # (..., D)  x − μ
     rstd = 1 / xp.sqrt(rowsum(xc * xc) / x.shape[-1] + eps)           # (..., 1)  r = 1/√(σ² + ε)
@@ -33,6 +35,8 @@ class LayerNormFunction(Function):
               dx = r (dx̂ − mean(dx̂) − x̂ ∘ mean(dx̂ ∘ x̂))
               because x̂ depends on every x of its row through μ and σ²: ∂μ/∂x_j = 1/D and ∂σ²/∂x_j = 2(x_j − μ)/D
               give the two subtracted means (the components of dx̂ along 1 and along x̂ are projected out).
+    Residual: with a second input R, y = LayerNorm(x + R) (the Transformer's post-norm sublayer, Add & Norm, in one
+              node): the sum's gradient dx reaches x and R alike (∂(x + R)/∂x = ∂(x + R)/∂R = 1).
     Saved:    x̂ and r (not x): the backward needs nothing else.
     Executed by ``parallel.map_batch`` (rows cut into chunks; each chunk's dγ, dβ are its rows' share, added up).
     Shapes:   x, y: (..., D); γ, β: (D,)
@@ -40,20 +44,25 @@ class LayerNormFunction(Function):
     """
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, eps=1e-5):
-        y, x_hat, rstd = parallel.map_batch(layer_norm_forward, x, core_ndim=1, gamma=gamma, beta=beta, eps=eps)
+    def forward(ctx, x, gamma, beta, residual=None, eps=1e-5):
+        y, x_hat, rstd = parallel.map_batch(layer_norm_forward, x, residual, core_ndim=1, gamma=gamma, beta=beta,
+                                            eps=eps)
         ctx.save_for_backward(x_hat, rstd, gamma, beta)
+        ctx.has_residual = residual is not None
         return y                                                      # (..., D)
 
     @staticmethod
     def backward(ctx, grad_y):
         x_hat, rstd, gamma, beta = ctx.saved
-        return parallel.map_batch(layer_norm_backward, x_hat, rstd, grad_y, core_ndim=1, gamma=gamma,
-                                  grads_for=(x_hat, gamma, beta))     # dx (shaped as x̂, hence as x), dγ, dβ
+        dx, d_gamma, d_beta = parallel.map_batch(layer_norm_backward, x_hat, rstd, grad_y, core_ndim=1, gamma=gamma,
+                                                 grads_for=(x_hat, gamma, beta))   # dx (shaped as x̂: as x), dγ, dβ
+        return (dx, d_gamma, d_beta, dx) if ctx.has_residual else (dx, d_gamma, d_beta)   # dR = dx
 
 
-def layer_norm_reference(x, gamma, beta, eps=1e-5):
-    """The same normalisation composed from engine primitives (mean, sub, mul, pow, add)."""
+def layer_norm_reference(x, gamma, beta, eps=1e-5, *, residual=None):
+    """The same normalisation composed from engine primitives (add, mean, sub, mul, pow)."""
+    if residual is not None:
+        x = x + residual
     mu = x.mean(axis=-1, keepdims=True)
     xc = x - mu
     var = (xc * xc).mean(axis=-1, keepdims=True)
