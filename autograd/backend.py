@@ -105,6 +105,14 @@ def scatter_add(target, indices, values):
     return target
 
 
+def broadcast_shape(*shapes):
+    """The NumPy broadcast of ``shapes`` (tuples); ValueError naming them when they do not broadcast."""
+    try:
+        return numpy.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(f"shapes {' and '.join(map(str, shapes))} do not broadcast") from None
+
+
 def rowsum(a):
     """Σ over the last axis of a float array, keeping it: (..., n) → (..., 1).
 

@@ -45,7 +45,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from autograd.backend import BACKEND, xp
+from autograd.backend import BACKEND, broadcast_shape, xp
 
 MIN_WORK = 4_000_000
 """Below this many multiply-adds (roughly, see ``work``) a function runs once on the whole arrays, on one thread."""
@@ -177,15 +177,7 @@ class Chunk:
 def batch_shape(arrays, core_ndims):
     """The broadcast of the arrays' batch axes (all but the last ``core_ndim`` of each; None entries skipped).
     ValueError naming the shapes when they do not broadcast."""
-    shapes = [a.shape[:max(a.ndim - c, 0)] for a, c in zip(arrays, core_ndims) if hasattr(a, "ndim")]
-    ndim = max(map(len, shapes), default=0)
-    out = []
-    for axis in range(ndim):
-        sizes = {s[axis - ndim + len(s)] for s in shapes if axis - ndim + len(s) >= 0} - {1}
-        if len(sizes) > 1:
-            raise ValueError(f"batch shapes {' and '.join(map(str, shapes))} do not broadcast")
-        out.append(sizes.pop() if sizes else 1)
-    return tuple(out)
+    return broadcast_shape(*(a.shape[:max(a.ndim - c, 0)] for a, c in zip(arrays, core_ndims) if hasattr(a, "ndim")))
 
 
 def work(arrays, core_ndims):

@@ -9,20 +9,9 @@ Conventions (../shared/DESIGN.md §3, and PyTorch's ``scaled_dot_product_attenti
 Every mask is checked here, before any arithmetic: a wrong shape or dtype raises with what was expected.
 """
 from autograd import backend
+from autograd.backend import broadcast_shape  # noqa: F401  (masks.broadcast_shape: the same rule)
 from autograd.backend import xp
 from autograd.tensor import as_data
-
-
-def broadcast_shape(*shapes):
-    """The NumPy broadcast of ``shapes``; ValueError naming them when they do not broadcast."""
-    ndim = max(len(s) for s in shapes)
-    out = []
-    for axis in range(ndim):
-        sizes = {s[axis - ndim + len(s)] for s in shapes if axis - ndim + len(s) >= 0} - {1}
-        if len(sizes) > 1:
-            raise ValueError(f"shapes {' and '.join(map(str, shapes))} do not broadcast")
-        out.append(sizes.pop() if sizes else 1)
-    return tuple(out)
 
 
 def batch_shape(*arrays):
