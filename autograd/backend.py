@@ -139,6 +139,17 @@ def rowmax(a):
     return columns.max(axis=0).reshape(a.shape[:-1] + (1,))
 
 
+def rowdot(a, b):
+    """Σ over the last axis of a ∘ b, keeping it: (..., n), (..., n) → (..., 1) — one dot product per row.
+
+    Long rows: ``einsum``, with no (..., n) temporary; rows shorter than 64: ``rowsum(a * b)``, whose temporary is
+    cheaper than einsum's per-row loop (measured: (4, 8, 128, 128): 101 µs vs 184 µs; (64, 4, 13, 13): 37 vs 23 µs).
+    """
+    if a.shape[-1] >= 64:
+        return xp.einsum("...j,...j->...", a, b)[..., None]
+    return rowsum(a * b)
+
+
 def is_floating(dtype):
     """True for a floating-point dtype (float16/32/64)."""
     return numpy.dtype(dtype).kind == "f"

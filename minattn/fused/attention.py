@@ -19,7 +19,7 @@ def attention_backward(q, k, v, p, dropout_mask, grad_o, scale):
     dv = p_used.swapaxes(-1, -2) @ grad_o                          # (..., S, Ev)  dV = (P ∘ D)ᵀ dO
     dp = grad_o @ v.swapaxes(-1, -2)                               # (..., L, S)   dO Vᵀ
     if dropout_mask is not None:
-        dp = dp * dropout_mask                                     # (..., L, S)   dP = (dO Vᵀ) ∘ D
+        dp *= dropout_mask                                         # (..., L, S)   dP = (dO Vᵀ) ∘ D
     da = softmax_backward(p, dp)                                   # (..., L, S)   dA = P ∘ (dP − Σ_j dP ∘ P)
     dq = (da @ k) * scale                                          # (..., L, E)   dQ = dA K · scale
     dk = (da.swapaxes(-1, -2) @ q) * scale                         # (..., S, E)   dK = dAᵀ Q · scale

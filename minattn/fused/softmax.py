@@ -1,6 +1,6 @@
 """Softmax and masked softmax, fused, with the backward written by hand; and its twin from engine primitives."""
 from autograd import ops, parallel
-from autograd.backend import rowmax, rowsum, xp
+from autograd.backend import rowdot, rowmax, rowsum, xp
 from autograd.function import Function
 from autograd.tensor import Tensor
 
@@ -21,16 +21,18 @@ def softmax_forward(a, mask=None, bias=None, axis=-1):
         a = xp.where(mask, a, -xp.inf)                                # (..., L, S)  masked → −∞
     a = xp.moveaxis(a, axis, -1)                                      # (..., L, S)  the softmax axis last (a view)
     m = rowmax(a)                                                     # (..., L, 1)  m_i = max_k A_ik
-    m = xp.where(xp.isfinite(m), m, 0)                                # (..., L, 1)  fully masked row: shift by 0
-    e = xp.exp(a - m)                                                 # (..., L, S)  0 where masked
+    e = a - xp.where(xp.isfinite(m), m, 0)                            # (..., L, S)  fully masked row: shift by 0
+    xp.exp(e, out=e)                                                  # (..., L, S)  exp(A_ik − m_i), 0 where masked
     z = rowsum(e)                                                     # (..., L, 1)  Σ_k exp(A_ik − m_i)
-    return xp.moveaxis(e / xp.where(z == 0, 1, z), -1, axis)          # (..., L, S)  P
+    e /= xp.where(z == 0, 1, z)                                       # (..., L, S)  P (a fully masked row: / 1)
+    return xp.moveaxis(e, -1, axis)
 
 
 def softmax_backward(p, grad_p, axis=-1):
     """dA = P ∘ (dP − Σ_j dP_ij P_ij): the vector-Jacobian product of softmax (see SoftmaxFunction)."""
     p, grad_p = xp.moveaxis(p, axis, -1), xp.moveaxis(grad_p, axis, -1)   # (..., L, S)  the softmax axis last
-    da = p * (grad_p - rowsum(grad_p * p))                            # (..., L, S)
+    da = grad_p - rowdot(grad_p, p)                                   # (..., L, S)  dP − Σ_j dP_ij P_ij
+    da *= p                                                           # (..., L, S)  dA
     return xp.moveaxis(da, -1, axis)
 
 
@@ -45,6 +47,8 @@ class SoftmaxFunction(Function):
     constants (no gradient).
     Shapes:   A, P, dP, dA: (..., L, S) for L queries and S keys (any axis; the last by default); mask, bias:
               broadcastable to A.
+    The arrays a formula line makes are its own: exp, the division and the product with P work in them in place
+    (``out=e``, ``/=``, ``*=``), as chainer's softmax does — the same values, one (..., L, S) array fewer each.
     Source:   Bridle 1990; d2l §11.3; chainer functions/activation/softmax.py
     """
 
