@@ -42,6 +42,7 @@ gradients: tests/test_parallel.py checks every fused op both ways to 1e-12 in fl
 import itertools
 import math
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -52,9 +53,13 @@ MIN_WORK = 32_000_000
 thread: handing a chunk to another thread costs ~20-40 µs, and two threads taking turns at the GIL between small
 NumPy calls cost more (measured on 2 cores: LayerNorm on (832, 64) rows took 640 µs in 2 chunks, 306 µs whole)."""
 
-CHUNK_WORK = 128_000_000
-"""About this many multiply-adds per chunk above MIN_WORK (some milliseconds of work): big work is cut into more
-chunks than threads, so that each formula's temporaries stay a chunk's size, not the whole batch's."""
+CHUNK_WORK = 16_000_000
+"""About this many multiply-adds per chunk of a matrix op (``core_ndim`` ≥ 2: an (L, E) by (S, E) product makes an
+(L, S) temporary per batch element), so that each formula's temporaries stay small: ~0.5 MB at (128 × 128) per head
+× 8 heads. Bigger ones cost page faults: glibc hands big freed blocks back to the OS, so the next call touches fresh
+pages (measured: ~1,000 faults and ~2.5 ms per attention forward on (4, 8, 128, 128) chunks, none on (1, 8, ...)).
+A row-wise op (core_ndim ≤ 1: Linear, LayerNorm, cross-entropy) makes temporaries no bigger than its inputs and gets
+one chunk per thread."""
 
 _threads = None              # how many threads; None: the default, found on first use
 _pool = None                 # the worker threads, made on first use
@@ -191,15 +196,17 @@ def work(arrays, core_ndims):
     return sum(a.size for a, _ in arrays) * longest
 
 
-def chunks(batch, total_work, threads=None):
-    """Cut ``batch`` (a shape) into chunks of about CHUNK_WORK, a multiple of ``threads`` (default
-    ``get_num_threads()``) where the batch allows; one chunk (covering everything) below MIN_WORK.
+def chunks(batch, total_work, threads=None, chunk_work=None):
+    """Cut ``batch`` (a shape) into chunks of about ``chunk_work`` multiply-adds (default CHUNK_WORK), a multiple of
+    ``threads`` (default ``get_num_threads()``) where the batch allows; one chunk (covering everything) below
+    MIN_WORK. ``chunk_work`` = ``total_work``: one chunk per thread.
 
     The leading batch axes are cut in order: (B, h) with B ≥ the chunks wanted is cut along B into nearly equal
     spans; with fewer, each b is cut along h too ((4, 8) in 16 chunks: b = 0..3, heads 0-1, 2-3, 4-5, 6-7).
     """
     threads = get_num_threads() if threads is None else threads
-    count = min(math.prod(batch), threads * max(1, math.ceil(total_work / (CHUNK_WORK * threads))))
+    chunk_work = CHUNK_WORK if chunk_work is None else chunk_work
+    count = min(math.prod(batch), threads * max(1, math.ceil(total_work / (chunk_work * threads))))
     if total_work < MIN_WORK or count < 2:
         return [Chunk(len(batch), ())]
     axis, above = 0, 1                                  # cut axes 0..axis-1 into single indices, ``axis`` into spans
@@ -262,7 +269,8 @@ def map_batch(fn, *arrays, core_ndim=2, grads_for=None, **whole):
     """
     cores = core_ndim if isinstance(core_ndim, tuple) else (core_ndim,) * len(arrays)
     total = work(arrays, cores) if BACKEND == "numpy" else 0
-    parts = chunks(batch_shape(arrays, cores), total) if total >= MIN_WORK else ()
+    matrix_op = max(cores, default=0) >= 2                    # quadratic temporaries: small chunks (CHUNK_WORK)
+    parts = chunks(batch_shape(arrays, cores), total, chunk_work=None if matrix_op else total) if total >= MIN_WORK else ()
     if len(parts) <= 1:
         if get_num_threads() > 1 or BACKEND != "numpy":
             return fn(*arrays, **whole)              # one piece: the BLAS threads its products as it sees fit
@@ -272,6 +280,53 @@ def map_batch(fn, *arrays, core_ndim=2, grads_for=None, **whole):
     with _BlasHeldToOneThread():                     # our threads are the parallelism: one BLAS thread each
         run(lambda i: join.add(i, fn(*(parts[i].take(a, c) for a, c in zip(arrays, cores)), **whole)), len(parts))
     return join.result()
+
+
+class _Buffers:
+    """Whole output arrays of earlier calls, handed out again once nothing else refers to them.
+
+    Why: a fresh array of some MB is fresh memory from the OS (glibc maps big blocks and gives them back when they are
+    freed), and each of its 4 KiB pages costs a page fault on first write: measured ~900 faults (~2 ms) per
+    MultiHeadAttention call at (8, 128, 256, 8), ~4,500 at (4, 512, 256, 8). An array whose only reference is this
+    pool's (no tensor, view, context or caller holds it: ``sys.getrefcount``) is reused as it is, as PyTorch's caching
+    allocator reuses freed blocks. At most MAX_BYTES are kept, the oldest let go first.
+    """
+
+    MAX_BYTES = 512 * 2**20
+
+    def __init__(self):
+        self.arrays, self.lock = [], threading.Lock()
+
+    def empty_like(self, like, shape, dtype):
+        """An uninitialised array of ``shape`` and ``dtype``, laid out as ``like`` (or C order when ``like`` is None
+        or of another shape), from the pool when one is free."""
+        order = _axis_order(like) if like is not None and like.shape == shape else tuple(range(len(shape)))
+        with self.lock:
+            for a in self.arrays:
+                if a.shape == shape and a.dtype == dtype and _axis_order(a) == order and sys.getrefcount(a) <= _FREE:
+                    return a
+        a = xp.empty_like(like, dtype=dtype) if order != tuple(range(len(shape))) else xp.empty(shape, dtype=dtype)
+        with self.lock:
+            self.arrays.append(a)
+            while sum(b.nbytes for b in self.arrays) > self.MAX_BYTES and len(self.arrays) > 1:
+                self.arrays.pop(0)                       # forgotten here; freed once its users let it go
+        return a
+
+
+def _axis_order(a):
+    """The axes of ``a`` from the largest stride to the smallest: (0, 1, ..., n-1) for C order."""
+    return tuple(sorted(range(a.ndim), key=lambda axis: -a.strides[axis]))
+
+
+def _references_when_free():
+    """What ``sys.getrefcount`` reports, inside ``_Buffers.empty_like``'s loop, for an array nothing else holds."""
+    arrays = [xp.empty(1)]
+    for a in arrays:
+        return sys.getrefcount(a)
+
+
+_FREE = _references_when_free()
+_buffers = _Buffers()
 
 
 class _Join:
@@ -317,12 +372,10 @@ class _Join:
         transposed gradient), an output as an input of the same shape if there is one (so that, e.g., attention's
         output keeps the heads' layout and merging the heads stays a view); else C order."""
         if target is not None:
-            return xp.empty_like(target, dtype=piece.dtype)
+            return _buffers.empty_like(target, target.shape, piece.dtype)
         shape = self.batch + piece.shape[len(self.batch):]      # the whole batch, the chunk's core axes
-        for a in self.arrays:
-            if hasattr(a, "shape") and a.shape == shape and a.dtype == piece.dtype:
-                return xp.empty_like(a)
-        return xp.empty(shape, dtype=piece.dtype)
+        like = next((a for a in self.arrays if hasattr(a, "shape") and a.shape == shape), None)
+        return _buffers.empty_like(like, shape, piece.dtype)
 
     def add(self, i, outputs):
         """Chunk i's outputs: placed into the whole arrays now (disjoint slices: no lock needed), or kept to sum."""
