@@ -53,7 +53,7 @@ MIN_WORK = 32_000_000
 thread: handing a chunk to another thread costs ~20-40 µs, and two threads taking turns at the GIL between small
 NumPy calls cost more (measured on 2 cores: LayerNorm on (832, 64) rows took 640 µs in 2 chunks, 306 µs whole)."""
 
-CHUNK_WORK = 16_000_000
+CHUNK_WORK = 32_000_000
 """About this many multiply-adds per chunk of a matrix op (``core_ndim`` ≥ 2: an (L, E) by (S, E) product makes an
 (L, S) temporary per batch element), so that each formula's temporaries stay small: ~0.5 MB at (128 × 128) per head
 × 8 heads. Bigger ones cost page faults: glibc hands big freed blocks back to the OS, so the next call touches fresh
@@ -311,6 +311,13 @@ class _Buffers:
             while sum(b.nbytes for b in self.arrays) > self.MAX_BYTES and len(self.arrays) > 1:
                 self.arrays.pop(0)                       # forgotten here; freed once its users let it go
         return a
+
+
+def empty_cache():
+    """Let go of the whole arrays kept for reuse (see ``_Buffers``): they are freed as soon as nothing else holds
+    them. Named after ``torch.cuda.empty_cache``; to measure the memory one call needs, call this first."""
+    with _buffers.lock:
+        _buffers.arrays.clear()
 
 
 def _axis_order(a):

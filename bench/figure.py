@@ -7,6 +7,7 @@ works block by block and keeps O(L) per head. A dense length is skipped when its
 """
 import os
 
+from autograd import parallel
 from bench import cases_minattn, flops, measure
 
 BATCH, HEADS, HEAD_DIM = 1, 8, 32
@@ -53,6 +54,7 @@ def sweep(lengths, timing, limit_bytes, max_call_s=90.0, log=print):
             point["ms"] = seconds * 1e3
             point["times_ms"] = [round(t * 1e3, 3) for t in times]
             point["gflops"] = flops.attention_core(BATCH, length, length, HEADS * HEAD_DIM) / seconds / 1e9
+            parallel.empty_cache()   # the peak counts every array the call needs, kept for reuse or not
             point["tracemalloc_mb"] = measure.tracemalloc_peak(run) / measure.MB   # (no RSS here: one call less)
             if name == "dense":
                 previous = (length, point["tracemalloc_mb"] * measure.MB)

@@ -125,9 +125,12 @@ class Bench:
             row["times_ms"] = [round(t * 1e3, 4) for t in times]
             row["iqr_pct"] = measure.iqr_percent(times)
             row["gflops"] = flop_count / seconds / 1e9
+            if row["lib"] == "minattn":
+                parallel.empty_cache()   # memory counts the arrays a call needs, kept for reuse or not
             rss = measure.rss_growth(runs[key])
             row["rss_mb"] = None if rss is None else rss / measure.MB
             # PyTorch's allocator does not report to tracemalloc: only NumPy rows get that column
+            parallel.empty_cache()
             row["tracemalloc_mb"] = measure.tracemalloc_peak(runs[key]) / measure.MB if row["lib"] != "torch" else None
             self.log(f"  {workload:13s} {shape:26s} {row['lib'] + ' ' + row['impl']:52s} {row['ms']:9.2f} ms  "
                      f"({len(times)} repeats)")

@@ -304,16 +304,18 @@ class WarmupSchedule:
 def clip_grad_norm_(parameters, max_norm):
     """Scale all gradients together so that their joint L2 norm is at most ``max_norm``; return the norm before.
 
-    total = √(Σ_p ‖grad_p‖²); if total > max_norm, every grad is multiplied by max_norm / total (in place), which
-    keeps the update's direction. Parameters without a gradient are skipped. Source: Pascanu et al. 2013; PyTorch's
-    ``clip_grad_norm_``. Returns a Python float (one device sync on CuPy).
+    total = √(Σ_p ‖grad_p‖²); every grad is multiplied by min(1, max_norm / (total + 1e-6)) in place, which keeps the
+    update's direction. Parameters without a gradient are skipped. Source: Pascanu et al. 2013; PyTorch's
+    ``clip_grad_norm_``. Returns the norm as a 0-d backend value (a NumPy scalar; on CuPy a device array, as PyTorch
+    returns a tensor): nothing waits for the device — on CuPy every gradient is multiplied, 1 included, instead of
+    reading the norm back to decide (``float(norm)`` reads it, a sync).
     """
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
-    total = float(xp.sqrt(sum(xp.vdot(g, g) for g in grads)))      # vdot: one BLAS dot per gradient
-    if total > max_norm:
-        scale = max_norm / (total + 1e-6)
+    total = xp.sqrt(sum(xp.vdot(g.reshape(-1), g.reshape(-1)) for g in grads))   # one BLAS dot per gradient
+    scale = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    if backend.BACKEND != "numpy" or scale < 1:          # NumPy: skip the multiplies when nothing is clipped
         for g in grads:
-            g *= g.dtype.type(scale)
+            g *= scale.astype(g.dtype)
     return total
