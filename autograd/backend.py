@@ -121,9 +121,18 @@ def rowsum(a):
     """
     if xp is not numpy:
         return a.sum(axis=-1, keepdims=True)
-    ones = xp.ones(a.shape[-1], dtype=a.dtype)
+    ones = _ones(a.shape[-1], a.dtype)
     rows = a.reshape(-1, a.shape[-1]) if a.flags.c_contiguous else a   # one matrix-vector product, not one per row
     return (rows @ ones).reshape(a.shape[:-1] + (1,))
+
+
+def _ones(n, dtype, cache={}):
+    """A read-only vector of n ones of ``dtype``, made once per (n, dtype)."""
+    key = (n, numpy.dtype(dtype))
+    if key not in cache:
+        cache[key] = numpy.ones(n, dtype=dtype)
+        cache[key].flags.writeable = False
+    return cache[key]
 
 
 def rowmax(a):

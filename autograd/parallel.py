@@ -8,15 +8,17 @@ executed is decided here, from outside, by the same one call for every fused op:
                                     grads_for=(q, k, v))
 
 - Positional arguments are arrays (or None) with batch axes in front of ``core_ndim`` core axes, aligned from the
-  right as NumPy broadcasts them: q (B, h, L, E) has core (L, E) and batch (B, h). They are cut along one batch axis
-  into chunks; an array that broadcasts along that axis (size 1 there, or no such axis) is given whole to every chunk.
+  right as NumPy broadcasts them: q (B, h, L, E) has core (L, E) and batch (B, h). They are cut along the leading
+  batch axes into chunks (B, then h when B alone gives too few); an array that broadcasts along a cut axis (size 1
+  there, or no such axis) gives every chunk all of that axis.
 - Keyword arguments are given whole to every chunk: weights, scales, flags.
 - The function runs once per chunk, on a slice (a view, no copy) of each array. Its outputs are written side by side
   into one array each, chunk by chunk as they finish (so only the chunks in flight exist twice).
 - ``grads_for=(x, ...)``: the outputs are gradients, one per input named, each already shaped like that input's
-  slice (the math does its own ``sum_to``). The gradient of an input cut into chunks is placed side by side; the
-  gradient of an input every chunk took whole is the SUM of the chunks' gradients — every chunk used all of it, so
-  each chunk's gradient counts, the rule of ``sum_to``. The sum is taken in chunk order, so it is deterministic.
+  slice (the math does its own ``sum_to``). The gradient of an input cut into disjoint shares is placed side by side;
+  the gradient of an input that chunks share (a keyword weight, or an array that broadcasts along a cut axis) is the
+  SUM of the chunks' gradients — each chunk used it, so each chunk's gradient counts, the rule of ``sum_to``. The
+  sum is taken in chunk order, so it is deterministic.
 
 Why: attention is a batch of B·h independent problems, each a few small matrix products and a softmax. NumPy runs
 a softmax's passes on ONE core and OpenBLAS runs a (128 × 32) @ (32 × 128) product on one core too, so on a 2-core
@@ -171,6 +173,11 @@ class Chunk:
                       for axis, span in enumerate(self.spans))[skip:]
         return index if any(i != slice(None) for i in index) else None
 
+    def covers(self, x, core_ndim):
+        """True when x is cut along every cut axis (it broadcasts along none): the chunks' shares are disjoint."""
+        skip = self.batch_ndim - max(x.ndim - core_ndim, 0)
+        return all(axis >= skip and x.shape[axis - skip] != 1 for axis in range(len(self.spans)))
+
     def take(self, x, core_ndim):
         """x's share of this chunk (a view); x itself when it broadcasts along the cut axes, or is not an array."""
         if not hasattr(x, "ndim"):
@@ -191,9 +198,14 @@ def batch_shape(arrays, core_ndims):
 def work(arrays, core_ndims):
     """The multiply-adds of a computation on ``arrays``, roughly: every element meets one row of the largest core
     axis (a matrix product's count when the arrays are its operands)."""
-    arrays = [(a, c) for a, c in zip(arrays, core_ndims) if hasattr(a, "ndim")]
-    longest = max((max(a.shape[max(a.ndim - c, 0):], default=1) for a, c in arrays), default=1)
-    return sum(a.size for a, _ in arrays) * longest
+    size, longest = 0, 1
+    for a, core in zip(arrays, core_ndims):
+        if a is not None and core:
+            size += a.size
+            longest = max(longest, *a.shape[-core:]) if a.ndim else longest
+        elif a is not None and hasattr(a, "size"):
+            size += a.size
+    return size * longest
 
 
 def chunks(batch, total_work, threads=None, chunk_work=None):
@@ -227,7 +239,8 @@ def run(task, count):
     the next i in turn. One thread, or a run already in progress (nested, or from another thread): serially, right
     here. An exception in any task is raised here, after every task has finished."""
     global _pool
-    threads = min(get_num_threads(), count)
+    available = get_num_threads()                # read once: another thread may change it meanwhile
+    threads = min(available, count)
     if threads <= 1 or not _busy.acquire(blocking=False):
         for i in range(count):
             task(i)
@@ -243,7 +256,7 @@ def run(task, count):
 
         with _pool_lock:
             if _pool is None:
-                _pool = ThreadPoolExecutor(max_workers=get_num_threads() - 1, thread_name_prefix="minattn",
+                _pool = ThreadPoolExecutor(max_workers=available - 1, thread_name_prefix="minattn",
                                            initializer=_worker_init)
             futures = [_pool.submit(take_turns) for _ in range(threads - 1)]
         try:
@@ -270,7 +283,7 @@ def map_batch(fn, *arrays, core_ndim=2, grads_for=None, **whole):
     cores = core_ndim if isinstance(core_ndim, tuple) else (core_ndim,) * len(arrays)
     total = work(arrays, cores) if BACKEND == "numpy" else 0
     matrix_op = max(cores, default=0) >= 2                    # quadratic temporaries: small chunks (CHUNK_WORK)
-    parts = chunks(batch_shape(arrays, cores), total, chunk_work=None if matrix_op else total) if total >= MIN_WORK else ()
+    parts = chunks(batch_shape(arrays, cores), total, chunk_work=None if matrix_op else max(total, 1)) if total >= MIN_WORK else ()
     if len(parts) <= 1:
         if get_num_threads() > 1 or BACKEND != "numpy":
             return fn(*arrays, **whole)              # one piece: the BLAS threads its products as it sees fit
@@ -357,8 +370,8 @@ class _Join:
             elif target is None and self.grads_for is not None:
                 raise ValueError(f"map_batch: output {n} is a gradient for None")
             elif target is not None and not self._is_cut(target):
-                self.wholes.append([None] * len(self.parts))    # every chunk's gradient, summed at the end
-                self.places.append(None)
+                self.wholes.append([None] * len(self.parts))    # every chunk's gradient, added up at the end
+                self.places.append(target)
             else:
                 self.wholes.append(self._whole_like(piece, target))
                 self.places.append(self._core_ndim(target) if target is not None else piece.ndim - len(self.batch))
@@ -370,9 +383,9 @@ class _Join:
         return None
 
     def _is_cut(self, x):
-        """Is ``x`` one of the positional arrays, cut into chunks (not broadcast along the cut axis)?"""
+        """Is ``x`` one of the positional arrays, cut along every cut axis (its chunks' shares are disjoint)?"""
         core = self._core_ndim(x)
-        return core is not None and self.parts[0].index(x, core) is not None
+        return core is not None and self.parts[0].covers(x, core)
 
     def _whole_like(self, piece, target):
         """The whole array an output's chunks go into: a gradient is laid out as its input (a transposed view gets a
@@ -401,13 +414,25 @@ class _Join:
                 whole[self.parts[i].index(whole, core)] = piece
 
     def result(self):
-        """The whole outputs, in fn's order (sums taken in chunk order: deterministic)."""
+        """The whole outputs, in fn's order. A gradient of an input that some chunks shared (it broadcasts along a
+        cut axis) is the sum of the chunks' gradients, each added where its chunk's share lies, in chunk order:
+        deterministic."""
         out = []
-        for whole in self.wholes:
+        for whole, target in zip(self.wholes, self.places):
             if isinstance(whole, list):
-                total = whole[0].copy()
-                for piece in whole[1:]:
-                    total += piece
+                core = self._core_ndim(target)
+                indices = [None if core is None else part.index(target, core) for part in self.parts]
+                if all(index is None for index in indices):          # every chunk used all of the input
+                    total = whole[0].copy()
+                    for piece in whole[1:]:
+                        total += piece
+                else:                                                 # shared along some cut axes, cut along others
+                    total = xp.zeros_like(target, dtype=whole[0].dtype)
+                    for index, piece in zip(indices, whole):
+                        if index is None:
+                            total += piece
+                        else:
+                            total[index] += piece
                 whole = total
             out.append(whole)
         return out[0] if self.single else tuple(out)

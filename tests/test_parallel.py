@@ -1,38 +1,60 @@
-"""autograd/parallel.py: a batch cut into parts, one Python thread per part, and the fused Functions that use it.
+"""autograd/parallel.py, the execution layer: how every fused op's math is cut along its batch and run on threads.
 
-  (a) the pieces: ``batch_parts`` cuts along the right axis into nearly equal parts covering the batch once;
-      ``Part.take`` / ``Part.index`` give a view of a part's share, or the whole array when it broadcasts along the
-      cut axis; ``join`` places per-part gradients side by side, or sums them for a broadcast input;
-  (b) ``run``: results in part order, the parts really at once, an exception re-raised only after every part ran,
-      a nested run serial and right;
-  (c) ``set_num_threads``: bad values refused; NumPy's BLAS held to one thread while minattn splits the work, and
-      given its own thread count back by ``set_num_threads(1)``;
-  (d) the fused Functions (dense attention, Linear, flash attention): cut into 3 parts (uneven on purpose), they give
-      the forward values and gradients of one serial call to 1e-12 in float64, pass gradcheck, and keep float32.
+  (a) the pieces: ``chunks`` cuts the leading batch axes in order (B, then each b's heads when B is short) into
+      boxes covering every batch element once, nearly equal, as many as wanted; ``Chunk.take`` / ``Chunk.index``
+      give a view of a chunk's share, or the whole array when it broadcasts along the cut; ``batch_shape``, ``work``;
+  (b) ``map_batch``: outputs joined side by side in order, None passed through, keyword arguments whole, layouts
+      kept, gradients of cut inputs placed and of inputs taken whole (or broadcast along a cut axis) summed,
+      deterministically; a row-wise op one chunk per thread; nothing added below MIN_WORK;
+  (c) ``run``: every task once, really at once, an exception raised after every task finished, a nested run serial,
+      concurrent callers right;
+  (d) the thread count and the BLAS: ``set_num_threads`` checks its argument, works from any thread and while another
+      runs; importing or using minattn leaves every thread pool as it was, and the BLAS runs one thread while chunks
+      run; a forked child still computes;
+  (e) EVERY fused Function, chunked on 3 threads, gives the forward value and every input gradient of one unchunked
+      call to 1e-12 in float64, passes gradcheck chunked, and keeps float32 float32.
 
-Parallelism is forced on any machine, a 1-core CI included: MIN_WORK = 0 and 3 threads (the ``forced`` fixture).
+Chunking is forced on any machine, a 1-core CI included: MIN_WORK = 0, 3 threads, and CHUNK_WORK tiny (more chunks
+than threads, taken in turn: one per batch element for a matrix op, over B and the heads) or huge (exactly 3 chunks,
+uneven: 4 → 1, 1, 2; 5 → 1, 2, 2). The ``chunk_log`` fixture records how many chunks every ``map_batch`` call ran,
+so that a test proves its computation really was cut (and that its unchunked twin really was not). On CuPy nothing
+is cut (the GPU is parallel already): those tests skip.
 """
-import functools
+import itertools
 import json
+import math
+import os
 import subprocess
 import sys
 import threading
 import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from autograd import Tensor, backend, gradcheck, parallel
-from minattn import functional as F
+from minattn.fused.additive import AdditiveAttentionFunction
 from minattn.fused.attention import ScaledDotProductAttentionFunction
+from minattn.fused.cross_entropy import CrossEntropyFunction
 from minattn.fused.flash_attention import FlashAttentionFunction
+from minattn.fused.layer_norm import LayerNormFunction
 from minattn.fused.linear import LinearFunction
+from minattn.fused.softmax import SoftmaxFunction
+from minattn.fused.talking_heads import TalkingHeadsFunction
 from tests.conftest import host, t64
 
 TIGHT = dict(rtol=1e-12, atol=1e-12)
+FLOAT32 = dict(rtol=1e-5, atol=1e-5)
 THREADS = 3                     # 3, so that the cuts are uneven: 4 → 1, 1, 2; 5 → 1, 2, 2; 8 → 2, 3, 3
+TINY, HUGE = 1, 10**18          # CHUNK_WORK: a chunk per batch element (matrix ops) / one chunk per thread
+JOIN = 30                       # seconds a thread or child may take before a test calls it hung (never reached)
+REPO = Path(__file__).resolve().parents[1]
 
-numpy_only = pytest.mark.skipif(backend.BACKEND != "numpy", reason="CuPy: always one part (the GPU is parallel)")
+NO_CHUNKS_ON_CUPY = "CuPy: map_batch never cuts (the GPU is parallel already)"
+numpy_only = pytest.mark.skipif(backend.BACKEND != "numpy", reason=NO_CHUNKS_ON_CUPY)
 
 
 def dev(a):
@@ -40,609 +62,1261 @@ def dev(a):
     return None if a is None else backend.asarray(a)
 
 
-@pytest.fixture
-def no_min_work(monkeypatch):
-    """Every computation is worth cutting, however small."""
-    monkeypatch.setattr(parallel, "MIN_WORK", 0)
+def _spans(parts):
+    """Each chunk's spans as (start, stop) pairs, one per leading batch axis it cuts."""
+    return [tuple((s.start, s.stop) for s in p.spans) for p in parts]
 
 
+def _cut_axis(part):
+    """The last (innermost) batch axis a chunk cuts: the axes before it are cut into single indices."""
+    return len(part.spans) - 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------------------------------------------------
 @pytest.fixture
-def forced(no_min_work):
-    """Parallelism forced on any machine: MIN_WORK = 0 and THREADS threads; the default given back afterwards."""
+def forced(monkeypatch):
+    """Chunking forced on any machine: MIN_WORK = 0, a tiny CHUNK_WORK and THREADS threads; the thread count the
+    session had is given back afterwards."""
     if backend.BACKEND != "numpy":
-        pytest.skip("CuPy: always one part (the GPU is parallel)")
+        pytest.skip(NO_CHUNKS_ON_CUPY)
+    monkeypatch.setattr(parallel, "MIN_WORK", 0)
+    monkeypatch.setattr(parallel, "CHUNK_WORK", TINY)
+    saved = parallel._threads
     parallel.set_num_threads(THREADS)
     try:
         yield
     finally:
-        parallel.set_num_threads(None)
+        parallel.set_num_threads(saved)
+
+
+class ChunkLog:
+    """Per ``map_batch`` call (in call order): the number of chunks it ran (1: fn once on the whole arrays) and the
+    innermost batch axis it cut (None when it did not cut)."""
+
+    def __init__(self):
+        self.records, self._lock, self._local = [], threading.Lock(), threading.local()
+
+    @property
+    def counts(self):
+        return [r["count"] for r in self.records]
+
+    @property
+    def axes(self):
+        return [r["axis"] for r in self.records]
+
+    def clear(self):
+        with self._lock:
+            self.records.clear()
+
+    def _open(self):
+        stack = self._local.__dict__.setdefault("stack", [])
+        return stack[-1] if stack else None
 
 
 @pytest.fixture
-def part_counts(forced, monkeypatch):
-    """Forced parallelism, and the number of parts of every ``parallel.run`` call, recorded in the list yielded — so
-    that a test can tell that its computation was really cut (and that its serial twin really was not)."""
-    counts = []
-    original = parallel.run
+def chunk_log(forced, monkeypatch):
+    """Forced chunking, and a ChunkLog of every map_batch call — wraps ``parallel.map_batch`` (which the fused files
+    call through the module), ``parallel.chunks`` and ``parallel.run`` (which map_batch calls through its globals)."""
+    log = ChunkLog()
+    real_map_batch, real_chunks, real_run = parallel.map_batch, parallel.chunks, parallel.run
 
-    def counting_run(work, parts):
-        counts.append(len(parts))
-        return original(work, parts)
+    def map_batch(fn, *arrays, **kwargs):
+        record = {"count": 1, "axis": None}
+        with log._lock:
+            log.records.append(record)
+        stack = log._local.__dict__.setdefault("stack", [])
+        stack.append(record)
+        try:
+            return real_map_batch(fn, *arrays, **kwargs)
+        finally:
+            stack.pop()
 
-    monkeypatch.setattr(parallel, "run", counting_run)
-    yield counts
+    def chunks(*args, **kwargs):
+        parts = real_chunks(*args, **kwargs)
+        record = log._open()
+        if record is not None and len(parts) > 1:
+            record["axis"] = _cut_axis(parts[0])
+        return parts
+
+    def run(task, count):
+        record = log._open()
+        if record is not None:
+            record["count"] = count
+        return real_run(task, count)
+
+    monkeypatch.setattr(parallel, "map_batch", map_batch)
+    monkeypatch.setattr(parallel, "chunks", chunks)
+    monkeypatch.setattr(parallel, "run", run)
+    return log
+
+
+@pytest.fixture(params=["tiny CHUNK_WORK", "huge CHUNK_WORK"])
+def chunked(request, chunk_log, monkeypatch):
+    """Forced chunking, two ways: a tiny CHUNK_WORK (a matrix op gets a chunk per batch element, over B and the
+    heads: more chunks than threads, taken in turn; a row-wise op, core_ndim ≤ 1, one chunk per thread) or a huge one
+    (one chunk per thread: exactly THREADS, uneven). ``check(counts)`` says that every map_batch call was cut that
+    way (in the cases below the first batch axis has at least 4 elements, or is 1 and the second has 5)."""
+    tiny = request.param.startswith("tiny")
+    monkeypatch.setattr(parallel, "CHUNK_WORK", TINY if tiny else HUGE)
+
+    def check(counts):
+        assert counts, "no map_batch call was recorded"
+        assert all(c >= THREADS for c in counts), counts
+        if not tiny:
+            assert all(c == THREADS for c in counts), counts
+
+    return SimpleNamespace(log=chunk_log, check=check)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# (a) batch_parts, Part, join
+# (a) chunks, Chunk, batch_shape, work
 # ---------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("batch, axis, sizes", [
-    ((8, 4), 0, [2, 3, 3]),          # the first axis at least as long as the thread count
-    ((1, 8), 1, [2, 3, 3]),          # B = 1: cut the heads
-    ((2, 5), 1, [1, 2, 2]),          # B = 2 < 3 threads: the heads (5) are long enough
-    ((2, 2), 0, [1, 1]),             # no axis long enough: the longest (the first of equals), at most its size parts
-    ((3, 1, 7), 0, [1, 1, 1]),
+def _elements(part, batch):
+    """The batch indices (tuples) a chunk covers, in C order."""
+    ranges = [range(*span.indices(n)) for span, n in zip(part.spans, batch)]
+    return list(itertools.product(*ranges, *(range(n) for n in batch[len(part.spans):])))
+
+
+def test_chunks_cover_every_batch_element_exactly_once_in_boxes(monkeypatch):
+    """For many batches, thread counts and chunk sizes: each chunk is a box — one index on every leading axis it cuts
+    but the last, a span on that one, all of the axes after — the boxes put together cover every batch element once,
+    in C order; the spans along the cut axis are nearly equal; and there are at least as many chunks as wanted (about
+    CHUNK_WORK of work each, a multiple of the threads) or one per batch element, or a single one when fewer than two
+    are wanted."""
+    monkeypatch.setattr(parallel, "MIN_WORK", 0)
+    work = 1000
+    for batch in [(8, 4), (1, 8), (2, 8), (4, 9), (2, 2), (1, 2, 1), (3, 1, 7), (5,), (2, 3, 4), (1, 1, 6), (7, 1)]:
+        for threads in (1, 2, 3, 4):
+            for chunk_work in (TINY, 60, HUGE):
+                case = f"batch {batch}, {threads} threads, CHUNK_WORK {chunk_work}"
+                monkeypatch.setattr(parallel, "CHUNK_WORK", chunk_work)
+                parts = parallel.chunks(batch, work, threads=threads)
+                wanted = min(math.prod(batch), threads * max(1, math.ceil(work / (chunk_work * threads))))
+                if wanted < 2:
+                    assert len(parts) == 1, case
+                else:
+                    assert wanted <= len(parts) <= math.prod(batch), case
+                covered = [e for part in parts for e in _elements(part, batch)]
+                assert covered == list(itertools.product(*map(range, batch))), case
+                for part in parts:
+                    assert part.batch_ndim == len(batch), case
+                    assert all(s.step in (None, 1) for s in part.spans), case
+                    assert all(s.stop - s.start == 1 for s in part.spans[:-1]), case       # single indices
+                lengths = [p.spans[-1].stop - p.spans[-1].start for p in parts if p.spans]
+                assert not lengths or max(lengths) - min(lengths) <= 1, case
+
+
+@pytest.mark.parametrize("batch, threads, spans", [
+    ((8, 4), 3, [((0, 2),), ((2, 5),), ((5, 8),)]),                  # B ≥ the 3 chunks wanted: cut along B only
+    ((5,), 3, [((0, 1),), ((1, 3),), ((3, 5),)]),
+    ((4, 9), 3, [((0, 1),), ((1, 2),), ((2, 4),)]),
+    ((1, 8), 3, [((0, 1), (0, 2)), ((0, 1), (2, 5)), ((0, 1), (5, 8))]),      # B = 1: along the heads
+    ((2, 8), 3, [((0, 1), (0, 4)), ((0, 1), (4, 8)), ((1, 2), (0, 4)), ((1, 2), (4, 8))]),   # B = 2 < 3: and heads
+    ((2, 2), 3, [((0, 1), (0, 1)), ((0, 1), (1, 2)), ((1, 2), (0, 1)), ((1, 2), (1, 2))]),
+    ((4, 8), 16, [((b, b + 1), (h, h + 2)) for b in range(4) for h in (0, 2, 4, 6)]),    # the docstring's example
 ])
-def test_batch_parts_cuts_one_axis_into_nearly_equal_parts_covering_it_once(no_min_work, batch, axis, sizes):
-    parts = parallel.batch_parts(batch, madds=1, num_threads=THREADS)
-    assert [p.axis for p in parts] == [axis] * len(sizes)
-    assert [p.span.stop - p.span.start for p in parts] == sizes
-    covered = np.concatenate([np.arange(batch[axis])[p.span] for p in parts])
-    np.testing.assert_array_equal(covered, np.arange(batch[axis]))       # every index once, in order
+def test_chunks_cut_the_leading_batch_axes_in_order(monkeypatch, batch, threads, spans):
+    """The chunks wanted (here one per thread) are cut along B when B has that many; with fewer, each b is cut along
+    the heads too, into nearly equal spans."""
+    monkeypatch.setattr(parallel, "MIN_WORK", 0)
+    monkeypatch.setattr(parallel, "CHUNK_WORK", HUGE)
+    assert _spans(parallel.chunks(batch, 1000, threads=threads)) == spans
+
+
+@pytest.mark.parametrize("batch, work, threads, count", [
+    ((64,), 100, 3, 3),            # less than one CHUNK_WORK (100) per thread: one chunk per thread
+    ((64,), 1000, 3, 12),          # 10 CHUNK_WORKs: 4 rounds of 3 threads → 12 chunks, a multiple of the threads
+    ((64,), 3001, 3, 33),          # just over 30 CHUNK_WORKs → 11 rounds
+    ((7,), 10**6, 3, 7),           # the axis does not allow more: one chunk per element
+    ((8,), 1000, 3, 8),            # 12 wanted, 8 possible
+    ((64,), 1000, 1, 10),          # one thread still cuts big work into chunks of about CHUNK_WORK (memory)
+    ((64,), 1000, 2, 10),
+])
+def test_chunks_cut_big_work_into_more_chunks_than_threads(monkeypatch, batch, work, threads, count):
+    """About CHUNK_WORK per chunk, rounded up to a multiple of the thread count where the cut axis allows."""
+    monkeypatch.setattr(parallel, "MIN_WORK", 0)
+    monkeypatch.setattr(parallel, "CHUNK_WORK", 100)
+    parts = parallel.chunks(batch, work, threads=threads)
+    assert len(parts) == count
+    sizes = [p.spans[0].stop - p.spans[0].start for p in parts]
+    assert sum(sizes) == batch[0] and max(sizes) - min(sizes) <= 1
+
+
+def test_chunks_take_chunk_work_as_an_argument(monkeypatch):
+    """``chunk_work`` overrides CHUNK_WORK; chunk_work = total_work gives one chunk per thread (row-wise ops)."""
+    monkeypatch.setattr(parallel, "MIN_WORK", 0)
+    monkeypatch.setattr(parallel, "CHUNK_WORK", TINY)
+    assert len(parallel.chunks((64,), 1000, threads=THREADS)) == 64
+    assert len(parallel.chunks((64,), 1000, threads=THREADS, chunk_work=1000)) == THREADS
+    assert len(parallel.chunks((64,), 1000, threads=THREADS, chunk_work=100)) == 12
+
+
+def test_chunks_follow_get_num_threads_by_default(monkeypatch):
+    """Without ``threads``, the chunks follow get_num_threads()."""
+    monkeypatch.setattr(parallel, "MIN_WORK", 0)
+    monkeypatch.setattr(parallel, "CHUNK_WORK", HUGE)
+    monkeypatch.setattr(parallel, "get_num_threads", lambda: 2)
+    assert _spans(parallel.chunks((8, 4), 1000)) == [((0, 4),), ((4, 8),)]
 
 
 @pytest.mark.parametrize("batch, work, threads", [
-    ((8, 4), 99, THREADS),           # less work than MIN_WORK (= 100 here)
-    ((8, 4), 10**9, 1),              # one thread
-    ((), 10**9, THREADS),            # no batch axis: nothing to cut
-    ((1, 1), 10**9, THREADS),        # every batch axis of size 1: nothing to cut
+    ((8, 4), 99, THREADS),         # less work than MIN_WORK (= 100 here)
+    ((), 10**9, THREADS),          # no batch axis: nothing to cut
+    ((1, 1), 10**9, THREADS),      # every batch axis of size 1: nothing to cut
+    ((1,), 10**9, THREADS),
+    ((8, 4), 150, 1),              # one thread and less than one CHUNK_WORK (200 here): one chunk is wanted
 ])
-def test_batch_parts_gives_one_part_taking_everything(monkeypatch, batch, work, threads):
+def test_chunks_give_one_chunk_taking_everything(monkeypatch, batch, work, threads):
+    """One chunk, whose share of any array is that array itself."""
     monkeypatch.setattr(parallel, "MIN_WORK", 100)
-    parts = parallel.batch_parts(batch, madds=work, num_threads=threads)
+    monkeypatch.setattr(parallel, "CHUNK_WORK", 200)
+    parts = parallel.chunks(batch, work, threads=threads)
     assert len(parts) == 1
     x = np.zeros(batch + (3, 2))
-    assert parts[0].take(x) is x and parts[0].index(x) is None
-    assert parts[0].take(None) is None
+    assert parts[0].take(x, 2) is x and parts[0].index(x, 2) is None
+    assert parts[0].take(None, 2) is None
 
 
-def test_batch_parts_cuts_at_min_work_and_follows_get_num_threads(monkeypatch):
-    """MIN_WORK is the first amount worth cutting; without num_threads the parts follow get_num_threads()."""
+def test_chunks_cut_from_min_work_on(monkeypatch):
+    """MIN_WORK itself is the first amount worth cutting."""
     monkeypatch.setattr(parallel, "MIN_WORK", 100)
-    assert len(parallel.batch_parts((8, 4), madds=100, num_threads=THREADS)) == THREADS
-    monkeypatch.setattr(parallel, "get_num_threads", lambda: 2)
-    assert len(parallel.batch_parts((8, 4), madds=100)) == 2
+    monkeypatch.setattr(parallel, "CHUNK_WORK", HUGE)
+    assert len(parallel.chunks((8, 4), 99, threads=THREADS)) == 1
+    assert len(parallel.chunks((8, 4), 100, threads=THREADS)) == THREADS
 
 
-def test_take_gives_a_view_of_the_part_or_the_whole_array_when_it_broadcasts(no_min_work):
-    """Batch (4, 3) cut along B into 1, 1, 2: a full array is sliced (a view); an array of size 1 along B, one
-    without the B axis, and None are taken whole."""
-    parts = parallel.batch_parts((4, 3), madds=1, num_threads=THREADS)
+def _chunks_wanted(monkeypatch, batch, threads=THREADS):
+    """The chunks of ``batch`` when one per thread is wanted (huge CHUNK_WORK)."""
+    monkeypatch.setattr(parallel, "MIN_WORK", 0)
+    monkeypatch.setattr(parallel, "CHUNK_WORK", HUGE)
+    return parallel.chunks(batch, 1, threads=threads)
+
+
+def test_take_gives_a_view_of_the_share_or_the_whole_array_when_it_broadcasts(monkeypatch):
+    """Batch (4, 3) cut along B into 1, 1, 2 (core_ndim 2): a full array — C order or a transposed view — is sliced
+    (a view: shares memory); an array of size 1 along B, one without the B axis, one with only core axes, None and a
+    float are taken whole."""
+    parts = _chunks_wanted(monkeypatch, (4, 3))
+    assert _spans(parts) == [((0, 1),), ((1, 2),), ((2, 4),)]
     full = np.arange(4 * 3 * 5 * 6.0).reshape(4, 3, 5, 6)
-    no_b = np.zeros((3, 5, 6))
+    transposed = np.arange(4 * 5 * 3 * 6.0).reshape(4, 5, 3, 6).transpose(0, 2, 1, 3)      # (4, 3, 5, 6), a view
     for part in parts:
-        share = part.take(full)
-        assert np.shares_memory(share, full)
-        np.testing.assert_array_equal(share, full[part.span])
-        assert part.index(full) == (part.span,)
-        for whole in (np.zeros((1, 3, 5, 6)), no_b, np.zeros((5, 6)), np.zeros((6,))):
-            assert part.take(whole) is whole and part.index(whole) is None
-        assert part.take(None) is None
-    assert parts[2].take(full).shape == (2, 3, 5, 6)
+        span = part.spans[0]
+        for x in (full, transposed):
+            share = part.take(x, 2)
+            assert part.index(x, 2) == (span,)
+            assert np.shares_memory(share, x)
+            np.testing.assert_array_equal(share, x[span])
+        for whole in (np.zeros((1, 3, 5, 6)), np.zeros((3, 5, 6)), np.zeros((1, 1, 5, 6)), np.zeros((5, 6)),
+                      np.zeros((6,))):
+            assert part.take(whole, 2) is whole and part.index(whole, 2) is None
+        assert part.take(None, 2) is None and part.take(0.5, 2) == 0.5
+    assert parts[2].take(full, 2).shape == (2, 3, 5, 6)
 
 
-def test_take_along_the_heads_axis(no_min_work):
-    """Batch (1, 5) is cut along the heads: an array (..., 5, L, S) is sliced along its own heads axis, wherever
-    that axis is; an array with 1 head is taken whole."""
-    parts = parallel.batch_parts((1, 5), madds=1, num_threads=THREADS)
+def test_take_along_the_heads_axis(monkeypatch):
+    """Batch (1, 5) is cut along the heads: an array (1, 5, L, S) is sliced along its axis 1, an array (5, L, S)
+    without the B axis along its axis 0; an array with 1 head is taken whole."""
+    parts = _chunks_wanted(monkeypatch, (1, 5))
     four_d = np.arange(5 * 2 * 3.0).reshape(1, 5, 2, 3)
-    three_d = np.arange(5 * 2 * 3.0).reshape(5, 2, 3)                   # lacks the leading B axis
+    three_d = np.arange(5 * 2 * 3.0).reshape(5, 2, 3)
     one_head = np.zeros((1, 1, 2, 3))
     for part in parts:
-        assert part.axis == 1
-        assert part.index(four_d) == (slice(None), part.span) and part.index(three_d) == (part.span,)
-        np.testing.assert_array_equal(part.take(four_d), four_d[:, part.span])
-        np.testing.assert_array_equal(part.take(three_d), three_d[part.span])
-        assert np.shares_memory(part.take(four_d), four_d) and np.shares_memory(part.take(three_d), three_d)
-        assert part.take(one_head) is one_head
+        assert _cut_axis(part) == 1
+        span = part.spans[1]
+        assert part.index(four_d, 2) == (slice(None), span) and part.index(three_d, 2) == (span,)
+        np.testing.assert_array_equal(part.take(four_d, 2), four_d[:, span])
+        np.testing.assert_array_equal(part.take(three_d, 2), three_d[span])
+        assert np.shares_memory(part.take(four_d, 2), four_d) and np.shares_memory(part.take(three_d, 2), three_d)
+        assert part.take(one_head, 2) is one_head
 
 
-def test_take_with_core_ndim_1(no_min_work):
-    """Rows of a matrix (core_ndim = 1, as LinearFunction cuts them): the rows are the batch axis."""
-    parts = parallel.batch_parts((7,), madds=1, core_ndim=1, num_threads=THREADS)
+def test_take_across_two_cut_axes(monkeypatch):
+    """Batch (2, 8) on 3 threads: each b's heads in two halves. q (2, 8, L, E) gives its (1, 4) block; k (2, 1, S, E),
+    shared by the heads, its b (all of its heads axis); k (1, 8, S, E), shared by the batch, its heads; an (8, L, S)
+    array without the B axis its heads; a (1, 1, L, S) mask is taken whole. Every share is a view."""
+    parts = _chunks_wanted(monkeypatch, (2, 8))
+    q = np.arange(2 * 8 * 3 * 2.0).reshape(2, 8, 3, 2)
+    k_per_b, k_per_head = np.arange(2 * 5 * 2.0).reshape(2, 1, 5, 2), np.arange(8 * 5 * 2.0).reshape(1, 8, 5, 2)
+    heads_only, mask = np.arange(8 * 3 * 5.0).reshape(8, 3, 5), np.ones((1, 1, 3, 5), dtype=bool)
+    assert len(parts) == 4
+    for part in parts:
+        b, h = part.spans
+        expected = [(q, (b, h), q[b, h]), (k_per_b, (b, slice(None)), k_per_b[b]),
+                    (k_per_head, (slice(None), h), k_per_head[:, h]), (heads_only, (h,), heads_only[h])]
+        for x, index, share in expected:
+            assert part.index(x, 2) == index
+            np.testing.assert_array_equal(part.take(x, 2), share)
+            assert np.shares_memory(part.take(x, 2), x)
+        assert part.take(mask, 2) is mask and part.index(mask, 2) is None
+
+
+def test_take_with_core_ndim_1(monkeypatch):
+    """Rows (core_ndim 1, as Linear, LayerNorm and cross-entropy cut them): a (7, 4) matrix is cut into row blocks
+    that put together give it back; a bias (4,) has no batch axis and is taken whole; so is a 0-d array."""
+    parts = _chunks_wanted(monkeypatch, (7,))
     x = np.arange(7 * 4.0).reshape(7, 4)
-    np.testing.assert_array_equal(np.concatenate([p.take(x) for p in parts]), x)
-    bias = np.ones(4)
-    assert all(p.take(bias) is bias for p in parts)
+    np.testing.assert_array_equal(np.concatenate([p.take(x, 1) for p in parts]), x)
+    assert all(np.shares_memory(p.take(x, 1), x) for p in parts)
+    target = np.arange(7)
+    np.testing.assert_array_equal(np.concatenate([p.take(target, 0) for p in parts]), target)     # core_ndim 0
+    bias, scalar = np.ones(4), np.float64(2.0)
+    assert all(p.take(bias, 1) is bias and p.take(scalar, 0) is scalar for p in parts)
 
 
-@pytest.mark.parametrize("batch, shape, axis", [((4, 3), (4, 3, 2, 2), 0), ((1, 5), (1, 5, 2, 2), 1),
-                                                ((1, 5), (5, 2, 2), 0)])
-def test_join_places_the_pieces_side_by_side(no_min_work, rng, batch, shape, axis):
-    parts = parallel.batch_parts(batch, madds=1, num_threads=THREADS)
-    x = dev(np.zeros(shape))
-    pieces = [rng.standard_normal(part.take(x).shape) for part in parts]
-    joined = parallel.join([dev(p) for p in pieces], x, parts)
-    assert joined.shape == shape
-    np.testing.assert_array_equal(host(joined), np.concatenate(pieces, axis=axis))
+def test_take_with_core_ndim_3_and_an_array_with_fewer_axes_than_its_core(monkeypatch):
+    """Talking heads (core_ndim 3, batch (B,)): q (4, h, L, E) and a mask (4, 1, L, S) are cut along B; an attention
+    bias (L, S) has fewer axes than its core and is taken whole, as is a (1, 1, L, S) mask."""
+    parts = _chunks_wanted(monkeypatch, (4,))
+    q = np.arange(4 * 2 * 3 * 2.0).reshape(4, 2, 3, 2)
+    mask = np.arange(4 * 3 * 5).reshape(4, 1, 3, 5) % 2 == 0
+    for part in parts:
+        span = part.spans[0]
+        for x in (q, mask):
+            assert part.index(x, 3) == (span,)
+            np.testing.assert_array_equal(part.take(x, 3), x[span])
+            assert np.shares_memory(part.take(x, 3), x)
+        for whole in (np.zeros((3, 5)), np.zeros((1, 1, 3, 5)), np.zeros((5,))):
+            assert part.take(whole, 3) is whole and part.index(whole, 3) is None
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 2, 2), (3, 2, 2), (2, 2)])
-def test_join_sums_the_pieces_of_an_input_broadcast_along_the_cut(no_min_work, rng, shape):
-    """Every part used all of x, so x's gradient is the sum of the parts' (as sum_to would give); pieces[0], which
-    may be a part's own array, is left alone."""
-    parts = parallel.batch_parts((4, 3), madds=1, num_threads=THREADS)
-    x = dev(np.zeros(shape))
-    pieces = [rng.standard_normal(shape) for _ in parts]
-    first = pieces[0].copy()
-    joined = parallel.join([dev(p) for p in pieces], x, parts)
-    np.testing.assert_allclose(host(joined), pieces[0] + pieces[1] + pieces[2], **TIGHT)
-    np.testing.assert_array_equal(pieces[0], first)
+def test_batch_shape_broadcasts_the_batch_axes():
+    """The batch axes (all but each array's core) broadcast as NumPy aligns them, from the right; None skipped; an
+    array with no more axes than its core adds none; core_ndim may differ per array."""
+    z = np.zeros
+    assert parallel.batch_shape([z((4, 3, 5, 6)), z((3, 7, 6)), None, z((5, 6))], (2, 2, 2, 2)) == (4, 3)
+    assert parallel.batch_shape([z((1, 3, 7, 4)), z((4, 1, 9, 4))], (2, 2)) == (4, 3)
+    assert parallel.batch_shape([z((11, 5)), z((11,), dtype=int)], (1, 0)) == (11,)
+    assert parallel.batch_shape([z((3, 5))], (3,)) == ()
+    assert parallel.batch_shape([None, 2.0], (2, 2)) == ()
+    assert parallel.batch_shape([], ()) == ()
 
 
-def test_join_of_one_part_is_its_piece(no_min_work):
-    parts = parallel.batch_parts((4, 3), madds=1, num_threads=1)
-    piece = dev(np.ones((4, 3, 2, 2)))
-    assert parallel.join([piece], piece, parts) is piece
+def test_batch_shape_refuses_batches_that_do_not_broadcast():
+    """ValueError naming both batch shapes."""
+    with pytest.raises(ValueError, match=r"\(4, 3\) and \(5, 3\) do not broadcast"):
+        parallel.batch_shape([np.zeros((4, 3, 2, 2)), np.zeros((5, 3, 2, 2))], (2, 2))
+
+
+def test_work_counts_every_element_times_the_longest_core_axis():
+    """(Σ sizes) × the longest core axis: a matrix product's count for its operands; None skipped."""
+    z = np.zeros
+    assert parallel.work([z((2, 3, 4, 5)), z((2, 3, 5, 6))], (2, 2)) == (120 + 180) * 6
+    assert parallel.work([z((2, 3, 4, 5)), None], (2, 2)) == 120 * 5
+    assert parallel.work([z((7, 4))], (1,)) == 28 * 4
+    assert parallel.work([z((7, 4)), z((7,))], (1, 0)) == (28 + 7) * 4
+    assert parallel.work([], ()) == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# (b) run
+# (b) map_batch
 # ---------------------------------------------------------------------------------------------------------------------
-def test_run_returns_results_in_part_order_and_runs_the_parts_at_once(forced):
-    """The parts wait for each other at a barrier: it is passed only if all three run at the same time. Part 0
-    runs on the calling thread, the others on workers; part 0 finishes last, yet its result comes first."""
-    parts = parallel.batch_parts((6,), madds=1, core_ndim=1)
-    barrier = threading.Barrier(len(parts), timeout=10)
-
-    def work(part):
-        barrier.wait()                                        # BrokenBarrierError unless every part runs at once
-        if part.span.start == 0:
-            time.sleep(0.05)
-        return part.span, threading.current_thread()
-
-    results = parallel.run(work, parts)
-    assert [span for span, _ in results] == [p.span for p in parts]
-    threads = [thread for _, thread in results]
-    assert threads[0] is threading.current_thread()
-    assert len(set(threads)) == len(parts)
+def test_map_batch_joins_one_output_side_by_side_in_order(chunk_log, rng):
+    """fn(x, y) = 2x + y on (5, 3, 4) arrays: cut into 5 chunks of one batch element, the output is the whole one —
+    and an output that is each chunk's x itself comes back as x (every share in its place)."""
+    x, y = rng.standard_normal((5, 3, 4)), rng.standard_normal((5, 3, 4))
+    np.testing.assert_array_equal(parallel.map_batch(lambda a, b: 2 * a + b, x, y), 2 * x + y)
+    np.testing.assert_array_equal(parallel.map_batch(lambda a: a.copy(), x), x)
+    assert chunk_log.counts == [5, 5] and chunk_log.axes == [0, 0]
 
 
-@pytest.mark.parametrize("failing", [0, 1, 2])
-def test_run_reraises_an_exception_after_every_part_finished(forced, failing):
-    parts = parallel.batch_parts((6,), madds=1, core_ndim=1)
-    finished = []
-
-    def work(part):
-        n = part.span.start // 2
-        if n == failing:
-            raise KeyError(f"part {n}")
-        time.sleep(0.05 * (n + 1))                            # the others finish after the failure, one by one
-        finished.append(n)
-        return n
-
-    with pytest.raises(KeyError, match=f"part {failing}"):
-        parallel.run(work, parts)
-    assert sorted(finished) == [n for n in range(3) if n != failing]
-    # the next run is parallel again (the run's lock was released): its parts meet at a barrier
-    barrier = threading.Barrier(len(parts), timeout=10)
-    assert parallel.run(lambda part: barrier.wait() is not None, parts) == [True] * len(parts)
+def test_map_batch_joins_tuple_outputs_in_order_and_passes_none_through(chunk_log, monkeypatch, rng):
+    """Three chunks (1, 2, 2 of B = 5): a tuple (a, None, b) comes back as a tuple of the whole a, None and the
+    whole b, each with its own core shape."""
+    monkeypatch.setattr(parallel, "CHUNK_WORK", HUGE)
+    x, y = rng.standard_normal((5, 3, 4)), rng.standard_normal((5, 3, 4))
+    first, nothing, last = parallel.map_batch(lambda a, b: (a + b, None, (a * b).sum(axis=-1)), x, y)
+    assert nothing is None and first.shape == (5, 3, 4) and last.shape == (5, 3)
+    np.testing.assert_array_equal(first, x + y)
+    np.testing.assert_allclose(last, (x * y).sum(axis=-1), **TIGHT)
+    assert chunk_log.counts == [THREADS]
 
 
-def test_a_run_nested_in_a_run_goes_serial_and_is_right(forced):
-    """Each outer part runs an inner run over 6 rows: every inner part on the outer part's own thread."""
-    outer = parallel.batch_parts((3,), madds=1, core_ndim=1)
-    inner = parallel.batch_parts((6,), madds=1, core_ndim=1)
-    x = np.arange(6.0)[:, None]                               # 6 rows of 1
+def test_map_batch_gives_keyword_arguments_whole_to_every_chunk(chunk_log, rng):
+    """A weight and a flag given by keyword reach every chunk as the very same objects, while the positional array
+    is cut."""
+    x, w = rng.standard_normal((6, 2, 4)), rng.standard_normal((4, 3))
+    seen, lock = [], threading.Lock()
 
-    def outer_work(part):
-        here = threading.current_thread()
-        sums = parallel.run(lambda p: (float(p.take(x).sum()) * (part.span.start + 1), threading.current_thread()),
-                            inner)
-        assert all(thread is here for _, thread in sums)
-        return sum(s for s, _ in sums)
+    def fn(a, weight, flag):
+        with lock:
+            seen.append((a.shape[0], weight is w, flag))
+        return a @ weight
 
-    results = []                         # run on a daemon thread: a nested run that waited for the pool would hang
-    runner = threading.Thread(target=lambda: results.append(parallel.run(outer_work, outer)), daemon=True)
-    runner.start()
-    runner.join(timeout=30)
-    assert not runner.is_alive(), "the nested run deadlocked"
-    assert results == [[15.0, 30.0, 45.0]]
+    np.testing.assert_allclose(parallel.map_batch(fn, x, core_ndim=2, weight=w, flag="on"), x @ w, **TIGHT)
+    assert chunk_log.counts == [6]
+    assert sorted(seen) == [(1, True, "on")] * 6
 
 
-def test_fused_attention_inside_a_run_is_right(forced, rng):
-    """A fused attention (itself cut into parts) called from each part of an outer run: the parts' outputs and
-    gradients put together equal one call on the whole batch."""
-    q, k, v = rng.standard_normal((4, 3, 7, 4)), rng.standard_normal((4, 3, 10, 4)), rng.standard_normal((4, 3, 10, 3))
-    w = rng.standard_normal((4, 3, 7, 3))
-    outer = parallel.batch_parts((4,), madds=1, core_ndim=3)
-
-    def attend(arrays, cotangent):
-        tensors = [t64(a) for a in arrays]
-        out = ScaledDotProductAttentionFunction.apply(*tensors, scale=0.5)
-        out.backward(dev(cotangent))
-        return [host(out)] + [host(t.grad) for t in tensors]
-
-    pieces = parallel.run(lambda part: attend([part.take(a) for a in (q, k, v)], part.take(w)), outer)
-    whole = attend([q, k, v], w)
-    for n in range(4):
-        np.testing.assert_allclose(np.concatenate([p[n] for p in pieces]), whole[n], **TIGHT)
+def _order(a):
+    """The axes of ``a`` from the largest stride to the smallest: its memory layout."""
+    return sorted(range(a.ndim), key=lambda axis: -a.strides[axis])
 
 
-def test_concurrent_fused_calls_from_two_threads_are_right(part_counts, rng):
-    """Two threads each run attention forward and backward at once (one of the two runs goes serial while the other
-    holds the pool): both get the result of a lone call."""
-    arrays = [rng.standard_normal((4, 3, 7, 4)), rng.standard_normal((4, 3, 10, 4)), rng.standard_normal((4, 3, 10, 3))]
+def test_map_batch_lays_an_output_out_as_an_input_of_the_same_shape(chunk_log, rng):
+    """q is a transposed view (B, h, L, E) of a (B, L, h, E) array, as attention's heads are: an output of q's shape
+    gets q's memory layout (so that merging the heads back stays a view); an output of no input's shape is C order."""
+    q = rng.standard_normal((6, 7, 3, 4)).transpose(0, 2, 1, 3)                          # (6, 3, 7, 4)
+    k = rng.standard_normal((6, 3, 5, 4))
+    same, other = parallel.map_batch(lambda q_, k_: (2 * q_, q_ @ k_.swapaxes(-1, -2)), q, k)
+    assert chunk_log.counts == [6 * 3]
+    assert same.shape == q.shape and _order(same) == _order(q) == [0, 2, 1, 3]
+    assert other.shape == (6, 3, 7, 5) and other.flags.c_contiguous
+    np.testing.assert_array_equal(same, 2 * q)
+    np.testing.assert_allclose(other, q @ k.swapaxes(-1, -2), **TIGHT)
+    merged = same.transpose(0, 2, 1, 3).reshape(6, 7, 12)                                 # merging the heads
+    assert np.shares_memory(merged, same)
+
+
+def test_map_batch_never_hands_out_again_an_output_still_held(chunk_log, rng):
+    """Whole output arrays are reused once nothing refers to them any more: an earlier result still held — itself, or
+    only through a view of it — is never the output of a later call, so its values stay as they were."""
+    x = rng.standard_normal((6, 3, 4))
+    first = parallel.map_batch(lambda a: a * 2, x)
+    view_only = parallel.map_batch(lambda a: a * 3, x)[1:]                                # only a view is held
+    first_values, view_values = first.copy(), view_only.copy()
+    for _ in range(3):
+        again = parallel.map_batch(lambda a: a * 5, x)
+        assert not np.shares_memory(again, first) and not np.shares_memory(again, view_only)
+        np.testing.assert_array_equal(again, 5 * x)
+        del again                                                                         # free to be reused
+    np.testing.assert_array_equal(first, first_values)
+    np.testing.assert_array_equal(view_only, view_values)
+    assert chunk_log.counts == [6] * 5
+
+
+def test_map_batch_places_the_gradient_of_a_cut_input_side_by_side_laid_out_like_it(chunk_log, rng):
+    """grads_for=(x,): x is cut, so x's gradient is the chunks' gradients placed side by side, with x's layout."""
+    x = rng.standard_normal((6, 7, 3, 4)).transpose(0, 2, 1, 3)                          # (6, 3, 7, 4), a view
+    (dx,) = parallel.map_batch(lambda a: (3 * a,), x, grads_for=(x,))
+    assert chunk_log.counts == [6 * 3]
+    assert dx.shape == x.shape and _order(dx) == _order(x)
+    np.testing.assert_array_equal(dx, 3 * x)
+
+
+def _sum_case(rng):
+    """x (6, 5, 3) cut along its first axis (core_ndim 2); b (1, 5, 3) and c (5, 3) broadcast along the cut; w (3,)
+    by keyword. Values spread over 16 orders of magnitude, so that the order of a sum shows in its last bits."""
+    x = rng.standard_normal((6, 5, 3)) * 10.0 ** rng.uniform(-8, 8, (6, 5, 3))
+    b, c, w = np.ones((1, 5, 3)), np.ones((5, 3)), np.ones(3)
+
+    def fn(x_, b_, c_, w):
+        return 2 * x_, x_.sum(axis=0, keepdims=True) * b_, x_.sum(axis=0) * c_, x_.sum(axis=(0, 1)) * w
+    return fn, x, b, c, w
+
+
+def test_map_batch_sums_the_gradients_of_inputs_every_chunk_took_whole(chunk_log, monkeypatch, rng):
+    """grads_for=(x, b, c, w): x's gradient is placed side by side; b (size 1 along the cut), c (no such axis) and the
+    keyword w were used whole by every chunk, so theirs is the SUM of the chunks' gradients, in chunk order."""
+    monkeypatch.setattr(parallel, "CHUNK_WORK", HUGE)
+    fn, x, b, c, w = _sum_case(rng)
+    dx, db, dc, dw = parallel.map_batch(fn, x, b, c, w=w, grads_for=(x, b, c, w))
+    assert chunk_log.counts == [THREADS] and chunk_log.axes == [0]
+    np.testing.assert_array_equal(dx, 2 * x)
+    for grad, expected in ((db, x.sum(axis=0, keepdims=True)), (dc, x.sum(axis=0)), (dw, x.sum(axis=(0, 1)))):
+        assert grad.shape == expected.shape and grad.dtype == expected.dtype
+        np.testing.assert_allclose(grad, expected, **TIGHT)
+    parts = parallel.chunks(parallel.batch_shape([x, b, c], (2, 2, 2)), parallel.work([x, b, c], (2, 2, 2)))
+    assert len(parts) == THREADS
+    in_order = x[parts[0].spans].sum(axis=(0, 1))                                         # chunk 0 + 1 + 2
+    for part in parts[1:]:
+        in_order += x[part.spans].sum(axis=(0, 1))
+    assert dw.tobytes() == in_order.tobytes()
+
+
+def test_map_batch_sums_deterministically(chunk_log, rng):
+    """The same call three times (6 chunks, finishing in whatever order the threads take them) gives the same bits."""
+    fn, x, b, c, w = _sum_case(rng)
+    runs = [parallel.map_batch(fn, x, b, c, w=w, grads_for=(x, b, c, w)) for _ in range(3)]
+    assert chunk_log.counts == [6] * 3
+    for other in runs[1:]:
+        assert [g.tobytes() for g in other] == [g.tobytes() for g in runs[0]]
+
+
+def test_map_batch_sums_a_gradient_over_the_cut_axes_its_input_broadcasts_along(chunk_log, monkeypatch, rng):
+    """Batch (2, 6) on 3 threads is cut over both axes (each b's heads in two halves). k (2, 1, ·) is shared by the
+    heads of its b: its gradient must be the SUM over the chunks of that b; k (1, 6, ·), shared by the batch, the sum
+    over the chunks of those heads — never the last chunk's gradient written over the others'."""
+    monkeypatch.setattr(parallel, "CHUNK_WORK", HUGE)
+    x = rng.standard_normal((2, 6, 4, 3))
+    per_b, per_head = np.ones((2, 1, 4, 3)), np.ones((1, 6, 4, 3))
+
+    def fn(x_, per_b_, per_head_):
+        return 2 * x_, x_.sum(axis=1, keepdims=True) * per_b_, x_.sum(axis=0, keepdims=True) * per_head_
+
+    dx, d_per_b, d_per_head = parallel.map_batch(fn, x, per_b, per_head, grads_for=(x, per_b, per_head))
+    assert chunk_log.counts == [4] and chunk_log.axes == [1]
+    np.testing.assert_array_equal(dx, 2 * x)
+    np.testing.assert_allclose(d_per_b, x.sum(axis=1, keepdims=True), **TIGHT)
+    np.testing.assert_allclose(d_per_head, x.sum(axis=0, keepdims=True), **TIGHT)
+
+
+def test_map_batch_gives_a_row_wise_op_one_chunk_per_thread(chunk_log):
+    """core_ndim ≤ 1 (Linear, LayerNorm, cross-entropy: temporaries no bigger than the inputs): one chunk per thread
+    whatever CHUNK_WORK; core_ndim 2 (quadratic temporaries): chunks of about CHUNK_WORK, here one per batch element."""
+    rows, matrices = np.arange(64 * 4.0).reshape(64, 4), np.arange(64.0).reshape(16, 2, 2)
+    np.testing.assert_array_equal(parallel.map_batch(lambda a: a + 1, rows, core_ndim=1), rows + 1)
+    np.testing.assert_array_equal(parallel.map_batch(lambda a: a + 1, matrices, core_ndim=2), matrices + 1)
+    assert chunk_log.counts == [THREADS, 16]
+
+
+def test_map_batch_of_empty_arrays(chunk_log):
+    """Arrays with no elements (no work at all) are still computed — row-wise or not — as fn gives them whole."""
+    for core_ndim, shape in ((1, (0, 4)), (2, (0, 2, 2)), (1, (3, 0))):
+        x = np.zeros(shape)
+        out = parallel.map_batch(lambda a: a * 2, x, core_ndim=core_ndim)
+        assert out.shape == shape, (core_ndim, shape)
+
+
+def test_map_batch_refuses_a_gradient_for_none(chunk_log, rng):
+    """An output named the gradient of None (a missing input) is an error in the math, not silently dropped."""
+    x = rng.standard_normal((6, 2, 2))
+    with pytest.raises(ValueError, match="gradient for None"):
+        parallel.map_batch(lambda a: (a, 2 * a), x, grads_for=(x, None))
+
+
+def test_map_batch_below_min_work_calls_fn_once_on_the_original_arrays(rng):
+    """At MIN_WORK's default, small arrays: fn is called exactly once, with the very arrays and keyword values given,
+    and its result is returned as it is (any backend, any thread count)."""
+    x, y, w = (dev(rng.standard_normal(s)) for s in ((4, 3, 5, 6), (4, 3, 6, 2), (2,)))
+    assert parallel.work([x, y], (2, 2)) < parallel.MIN_WORK
+    calls, result = [], (object(), None)
+
+    def fn(*args, **kwargs):
+        calls.append((args, kwargs))
+        return result
+
+    assert parallel.map_batch(fn, x, y, None, w=w, grads_for=(x, y, None)) is result
+    assert len(calls) == 1
+    args, kwargs = calls[0]
+    assert len(args) == 3 and args[0] is x and args[1] is y and args[2] is None
+    assert kwargs.keys() == {"w"} and kwargs["w"] is w
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# (c) run
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 50])
+def test_run_executes_every_task_exactly_once(forced, count):
+    """Each i in 0..count-1 is handed out once, whatever the number of tasks against the 3 threads."""
+    done, lock = [], threading.Lock()
+
+    def task(i):
+        with lock:
+            done.append(i)
+
+    parallel.run(task, count)
+    assert sorted(done) == list(range(count))
+
+
+def test_run_runs_tasks_at_once_on_several_threads(forced):
+    """Six tasks wait for each other, three at a time, at a barrier: it is passed only if three tasks run at the same
+    moment (one on the calling thread, two on workers); a serial run would break it (after its timeout)."""
+    barrier = threading.Barrier(THREADS, timeout=JOIN)
+    threads, lock = {}, threading.Lock()
+
+    def task(i):
+        barrier.wait()
+        with lock:
+            threads[i] = threading.current_thread()
+
+    parallel.run(task, 2 * THREADS)
+    assert sorted(threads) == list(range(2 * THREADS))
+    assert len(set(threads.values())) == THREADS
+    assert threading.current_thread() in threads.values()
+
+
+@pytest.mark.parametrize("where", ["the calling thread", "a worker thread"])
+def test_run_raises_an_exception_after_every_task_finished(forced, where):
+    """The first task run on ``where`` raises at once; every other task waits until it has raised, then finishes.
+    run raises that KeyError only when all are done — and runs every other task, even those handed out after the
+    failure. (On the calling thread the failure is raised by run's own loop, which must still wait for the workers.)"""
+    caller, failed, lock = threading.current_thread(), threading.Event(), threading.Lock()
+    failing, finished = [], []
+
+    def task(i):
+        with lock:
+            fails = not failing and (threading.current_thread() is caller) == (where == "the calling thread")
+            if fails:
+                failing.append(i)
+        if fails:
+            failed.set()
+            raise KeyError(f"task {i}")
+        assert failed.wait(timeout=JOIN)
+        time.sleep(0.02)                                   # finish well after the failure was raised
+        with lock:
+            finished.append(i)
+
+    with pytest.raises(KeyError, match="task"):
+        parallel.run(task, 7)
+    assert len(failing) == 1
+    assert sorted(finished) == [i for i in range(7) if i not in failing]
+    barrier = threading.Barrier(THREADS, timeout=JOIN)     # the next run is parallel again (its lock was released)
+    parallel.run(lambda i: barrier.wait(), THREADS)
+
+
+def _on_daemon_thread(fn):
+    """fn() on a daemon thread (a deadlock fails the test instead of hanging it); returns its result or raises."""
+    out = {}
+
+    def target():
+        try:
+            out["result"] = fn()
+        except BaseException as err:  # noqa: B902 — re-raised in the test's thread
+            out["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout=JOIN)
+    assert not thread.is_alive(), "deadlocked"
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def test_a_run_nested_in_a_task_runs_serially_and_right(forced):
+    """Each of 3 outer tasks runs an inner run of 6 tasks: every inner task runs on its outer task's own thread,
+    and each inner result is right."""
+    results, lock = {}, threading.Lock()
+
+    def outer(i):
+        here, inner = threading.current_thread(), {}
+
+        def inner_task(j):
+            inner[j] = (threading.current_thread() is here, (i + 1) * j)
+
+        parallel.run(inner_task, 6)
+        with lock:
+            results[i] = inner
+
+    _on_daemon_thread(lambda: parallel.run(outer, 3))
+    assert results == {i: {j: (True, (i + 1) * j) for j in range(6)} for i in range(3)}
+
+
+def test_map_batch_inside_a_run_task_is_right(chunk_log, rng):
+    """A chunked map_batch called from each task of an outer run (so its own run goes serial): its output equals
+    fn on the whole arrays, and it was still cut."""
+    x, w = rng.standard_normal((3, 6, 5, 4)), rng.standard_normal((4, 4))
+    outs = {}
+
+    def task(i):
+        outs[i] = parallel.map_batch(lambda a, weight: np.tanh(a @ weight), x[i], weight=w)
+
+    _on_daemon_thread(lambda: parallel.run(task, 3))
+    for i in range(3):
+        np.testing.assert_allclose(outs[i], np.tanh(x[i] @ w), **TIGHT)
+    assert chunk_log.counts == [6, 6, 6]
+
+
+def test_concurrent_fused_calls_from_two_threads_are_right(chunk_log, rng):
+    """Two Python threads each run attention forward and backward, chunked, five times at once (one goes serial
+    while the other holds the pool): every result equals a lone call's."""
+    arrays = [rng.standard_normal((4, 3, 7, 4)), rng.standard_normal((4, 3, 10, 4)),
+              rng.standard_normal((4, 3, 10, 3))]
     fn = lambda q, k, v: ScaledDotProductAttentionFunction.apply(q, k, v, scale=0.5)   # noqa: E731
     expected = _forward_backward(fn, arrays)
-    results, errors = [None] * 2, []
+    results, errors = [[], []], []
 
-    def worker(i):
+    def worker(n):
         try:
             for _ in range(5):
-                results[i] = _forward_backward(fn, arrays)
+                results[n].append(_forward_backward(fn, arrays))
         except BaseException as err:  # noqa: B902 — reported below, in the test's thread
             errors.append(err)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(2)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=JOIN)
+    assert not any(t.is_alive() for t in threads), "deadlocked"
     assert not errors, errors
-    for out, grads in results:
-        _assert_close((out, grads), expected)
+    assert all(len(r) == 5 for r in results)
+    for got in results[0] + results[1]:
+        _assert_close(got, expected)
+    assert chunk_log.counts and all(c > 1 for c in chunk_log.counts)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# (c) set_num_threads and the BLAS
+# (d) the thread count, the BLAS, fork
 # ---------------------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _original_blas_threads():
-    """The BLAS's own thread count, read by threadpoolctl in a fresh interpreter that never imported minattn (so
-    nothing has limited it); None when threadpoolctl finds no BLAS."""
-    code = ("import json, numpy, threadpoolctl; "
-            "print(json.dumps([i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']))")
-    counts = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                       check=True).stdout)
-    return max(counts) if counts else None
-
-
-def _blas_threads_now():
-    import threadpoolctl
-    return max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
-
-
-@pytest.mark.parametrize("bad", [0, -1, True, False, 2.5, "2", 2.0])
+@pytest.mark.parametrize("bad", [True, False, 0, -1, 2.0, "2", [2]])
 def test_set_num_threads_refuses_anything_but_a_positive_int_or_none(bad):
+    """ValueError, and the thread count is left as it was."""
     before = parallel.get_num_threads()
     with pytest.raises(ValueError, match="positive int"):
         parallel.set_num_threads(bad)
-    assert parallel.get_num_threads() == before                        # nothing changed
+    assert parallel.get_num_threads() == before
 
 
 @numpy_only
-def test_set_num_threads_holds_the_blas_to_one_thread_and_gives_it_back():
-    original = _original_blas_threads()
-    if original is None:
-        pytest.skip("threadpoolctl finds no BLAS")
+def test_set_num_threads_none_restores_the_default():
+    """set_num_threads(n) is what get_num_threads() reads; None gives back the default, a positive int."""
+    saved = parallel._threads
     try:
-        parallel.set_num_threads(2)
-        assert parallel.get_num_threads() == 2 and _blas_threads_now() == 1
-        parallel.set_num_threads(1)
-        assert parallel.get_num_threads() == 1 and _blas_threads_now() == original
+        parallel.set_num_threads(None)
+        default = parallel.get_num_threads()
+        assert isinstance(default, int) and default >= 1
         parallel.set_num_threads(5)
-        assert parallel.get_num_threads() == 5 and _blas_threads_now() == 1
-        parallel.set_num_threads(None)                                 # the default: the BLAS's own count
-        assert parallel.get_num_threads() == original
-        assert _blas_threads_now() == (1 if original > 1 else original)
-    finally:
+        assert parallel.get_num_threads() == 5
         parallel.set_num_threads(None)
+        assert parallel.get_num_threads() == default
+    finally:
+        parallel.set_num_threads(saved)
 
 
-def _threadpoolctl_has_a_controlling_thread():
-    """threadpoolctl versions where, for OpenBLAS on its own pthreads pool, only the first thread to set a limit
-    (the "controlling thread") can change it; others are ignored silently."""
-    import threadpoolctl
-    openblas = [i for i in threadpoolctl.threadpool_info() if i.get("internal_api") == "openblas"]
-    return (hasattr(threadpoolctl.OpenBLASController, "clear_controlling_thread") and bool(openblas)
-            and all(i.get("threading_layer") != "openmp" for i in openblas))
+def _subprocess(code, **env):
+    """Run ``python -c code`` from the repository root (extra environment variables ``env``); its stdout."""
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **env)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=environment, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
-@numpy_only
-def test_set_num_threads_from_another_thread_limits_the_blas():
-    """minattn's thread count is process-wide, so set_num_threads must act on the BLAS from any thread: a training
-    loop on a worker thread that asks for 3 threads must get its BLAS held to one (else 3 parts × all-core BLAS
-    fight over the cores, what set_num_threads is there to prevent)."""
-    original = _original_blas_threads()
-    if original is None or original == 1 or not _threadpoolctl_has_a_controlling_thread():
-        pytest.skip("needs OpenBLAS (pthreads) with > 1 thread and threadpoolctl's controlling-thread rule")
+def test_importing_minattn_changes_no_thread_pool():
+    """The acceptance check: threadpoolctl sees the same thread pools, with the same counts, before and after
+    ``import minattn``."""
+    _subprocess("import numpy, threadpoolctl as t; a = t.threadpool_info(); import minattn; "
+                "assert a == t.threadpool_info()")
+
+
+_BLAS_SCRIPT = r"""
+import json, threading
+import numpy as np
+import threadpoolctl
+
+def blas():
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+report = {"before": blas()}
+from autograd import Tensor, parallel
+from minattn.fused.attention import ScaledDotProductAttentionFunction
+parallel.MIN_WORK, parallel.CHUNK_WORK = 0, 1
+parallel.set_num_threads(3)
+
+def fused():
+    rng = np.random.default_rng(0)
+    q, k, v = (Tensor(rng.standard_normal((4, 2, 5, 3)), requires_grad=True) for _ in range(3))
+    out = ScaledDotProductAttentionFunction.apply(q, k, v, scale=0.5)
+    out.backward(np.ones(out.shape))
+    return q.grad is not None and k.grad is not None and v.grad is not None
+
+def blas_counts_inside():
+    seen, lock = [], threading.Lock()
+    def fn(x):
+        counts = blas()
+        with lock:
+            seen.append(counts)
+        return x * 2
+    out = parallel.map_batch(fn, np.ones((6, 2, 2)))
+    assert (out == 2).all()
+    return seen
+
+report["fused"] = fused()
+report["after_fused"] = blas()
+report["during"] = blas_counts_inside()
+report["after_map_batch"] = blas()
+elsewhere = {}
+def other_thread():
+    elsewhere["during"] = blas_counts_inside()
+    elsewhere["fused"] = fused()
+thread = threading.Thread(target=other_thread)
+thread.start()
+thread.join()
+report["during_other_thread"] = elsewhere["during"]
+report["fused_other_thread"] = elsewhere["fused"]
+report["after_other_thread"] = blas()
+parallel.MIN_WORK = 10**18                       # small work: fn once on the whole arrays
+report["whole_several_threads"] = blas_counts_inside()
+parallel.set_num_threads(1)
+report["whole_one_thread"] = blas_counts_inside()
+report["after_one_thread"] = blas()
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def blas_report():
+    """_BLAS_SCRIPT's report, from a fresh process whose BLAS runs 2 threads (OPENBLAS_NUM_THREADS=2): its BLAS
+    thread counts before minattn, during chunks (from the main thread and another one), after each fused call."""
+    if backend.BACKEND != "numpy":
+        pytest.skip("CuPy: no BLAS is held (nothing is cut)")
+    report = json.loads(_subprocess(_BLAS_SCRIPT, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2",
+                                    MKL_NUM_THREADS="2", MINATTN_BACKEND="numpy").strip().splitlines()[-1])
+    if not report["before"] or max(report["before"]) < 2:
+        pytest.skip(f"needs a BLAS that threadpoolctl finds running 2 threads; found {report['before']}")
+    return report
+
+
+def test_a_fused_call_leaves_the_blas_thread_count_as_it_was(blas_report):
+    """After a chunked fused forward and backward, and after a map_batch — from the main thread or another — the
+    BLAS runs as many threads as before minattn was imported."""
+    assert blas_report["fused"] and blas_report["fused_other_thread"]
+    before = blas_report["before"]
+    assert blas_report["after_fused"] == before
+    assert blas_report["after_map_batch"] == before
+    assert blas_report["after_other_thread"] == before
+    assert blas_report["after_one_thread"] == before
+
+
+def test_the_blas_runs_one_thread_while_chunks_run(blas_report):
+    """Inside every chunk of a chunked map_batch (6 chunks on 3 threads), called from the main thread or from another
+    thread, the BLAS runs one thread: chunks never fight BLAS threads for the cores."""
+    ones = [1] * len(blas_report["before"])
+    assert blas_report["during"] == [ones] * 6
+    assert blas_report["during_other_thread"] == [ones] * 6
+
+
+def test_small_work_runs_whole_with_the_blas_own_threads_unless_one_thread_is_asked_for(blas_report):
+    """Below MIN_WORK fn runs once on the whole arrays: on several minattn threads the BLAS threads its products as
+    it was set to (its own count); after set_num_threads(1) it is held to one thread too."""
+    assert blas_report["whole_several_threads"] == [blas_report["before"]]
+    assert blas_report["whole_one_thread"] == [[1] * len(blas_report["before"])]
+
+
+def test_set_num_threads_from_another_thread(chunk_log):
+    """set_num_threads(2) on another thread is the process's thread count: the main thread reads 2, and its next
+    chunked map_batch runs its chunks two at a time on two threads (they meet at a barrier of 2)."""
+    thread = threading.Thread(target=parallel.set_num_threads, args=(2,))
+    thread.start()
+    thread.join(timeout=JOIN)
+    assert parallel.get_num_threads() == 2
+    barrier, seen, lock = threading.Barrier(2, timeout=JOIN), set(), threading.Lock()
+
+    def fn(a):
+        barrier.wait()
+        with lock:
+            seen.add(threading.current_thread())
+        return a + 1
+
+    x = np.zeros((4, 2, 2))
+    np.testing.assert_array_equal(parallel.map_batch(fn, x), x + 1)
+    assert chunk_log.counts == [4] and len(seen) == 2
+
+
+def test_set_num_threads_while_another_thread_runs(forced):
+    """set_num_threads replaces the pool while another thread's runs are in flight (and its chunks queued): those
+    runs neither fail ("cannot schedule new futures after shutdown") nor lose a task, and their results stay right."""
+    runs_wanted, errors, wrong, runs = 60, [], [], [0]
+    x = np.arange(6 * 4.0).reshape(6, 2, 2)
+
+    def runner():
+        for _ in range(runs_wanted):
+            try:
+                done, lock = [], threading.Lock()
+
+                def task(i):
+                    with lock:
+                        done.append(i)
+
+                parallel.run(task, 6)
+                if sorted(done) != list(range(6)):
+                    wrong.append(sorted(done))
+                if not np.array_equal(parallel.map_batch(lambda a: a * 2, x), 2 * x):
+                    wrong.append("map_batch")
+            except Exception as err:   # noqa: BLE001 — any failure is what this test looks for
+                errors.append(repr(err))
+            runs[0] += 1
+
+    thread = threading.Thread(target=runner, daemon=True)
+    thread.start()
+    toggles = 0
+    while thread.is_alive() and toggles < 10**6:
+        parallel.set_num_threads(2 if toggles % 2 else THREADS)
+        toggles += 1
+    thread.join(timeout=JOIN)
+    assert not thread.is_alive(), "deadlocked"
+    assert errors == [] and wrong == [] and runs[0] == runs_wanted and toggles > 0
+
+
+def test_run_survives_set_num_threads_1_from_another_thread_as_it_starts(forced, monkeypatch):
+    """Another thread calls set_num_threads(1) just as a run starts — after run read 3 threads, before it made its
+    pool (the interleaving made certain here: the run's lock, when taken, lets that thread run first). The run must
+    still execute every task once, not fail to make a pool of 3 − 1 → 1 − 1 = 0 workers."""
+    real = parallel._busy
+
+    class LetAnotherThreadSetOneThreadFirst:
+        def acquire(self, blocking=True):
+            other = threading.Thread(target=parallel.set_num_threads, args=(1,))
+            other.start()
+            other.join(timeout=JOIN)
+            return real.acquire(blocking)
+
+        def release(self):
+            real.release()
+
+    monkeypatch.setattr(parallel, "_busy", LetAnotherThreadSetOneThreadFirst())
+    done, lock = [], threading.Lock()
+
+    def task(i):
+        with lock:
+            done.append(i)
+
+    parallel.run(task, THREADS)
+    assert sorted(done) == list(range(THREADS))
+
+
+def _child_computes(connection):
+    """In a forked child: a chunked map_batch (6 chunks on 3 threads that meet at a barrier) and a run; sends the
+    results back."""
     try:
-        parallel.set_num_threads(1)                                    # here: the BLAS gets its `original` back
-        assert _blas_threads_now() == original
-        seen = []
+        parallel.MIN_WORK, parallel.CHUNK_WORK = 0, TINY      # the thread count (3) and the pool: the parent's
+        assert parallel.get_num_threads() == THREADS
+        barrier, seen, lock = threading.Barrier(THREADS, timeout=JOIN), set(), threading.Lock()
 
-        def elsewhere():
-            parallel.set_num_threads(THREADS)
-            seen.append((parallel.get_num_threads(), _blas_threads_now()))
+        def fn(a):
+            barrier.wait()
+            with lock:
+                seen.add(threading.current_thread())
+            return a * 2
 
-        thread = threading.Thread(target=elsewhere)
-        thread.start()
-        thread.join()
-        assert seen == [(THREADS, 1)]
+        out = parallel.map_batch(fn, np.arange(6 * 2.0).reshape(6, 2), core_ndim=1)
+        done = []
+        parallel.run(done.append, 5)
+        connection.send((out.tolist(), len(seen), sorted(done)))
+    except BaseException as err:  # noqa: B902 — reported to the parent
+        connection.send(repr(err))
     finally:
-        parallel.set_num_threads(None)
+        connection.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
+def test_a_forked_child_can_still_run_chunked_work(forced):
+    """The pool's threads are not copied into a child made by fork (multiprocessing's default on Linux before Python
+    3.14): the child must start a pool of its own instead of queueing chunks that no thread will ever run."""
+    import multiprocessing
+    barrier = threading.Barrier(THREADS, timeout=JOIN)
+    parallel.run(lambda i: barrier.wait(), THREADS)                  # the parent's pool exists, its threads live
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    with warnings.catch_warnings():          # Python >= 3.12 warns about forking a process that has threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = context.Process(target=_child_computes, args=(send,))
+        child.start()
+    send.close()
+    child.join(timeout=JOIN)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("the forked child hung in chunked work")
+    assert receive.poll(), f"the child sent nothing (exit code {child.exitcode})"
+    result = receive.recv()
+    assert child.exitcode == 0 and not isinstance(result, str), result
+    out, threads_seen, done = result
+    assert out == (np.arange(6 * 2.0).reshape(6, 2) * 2).tolist()
+    assert threads_seen == THREADS and done == list(range(5))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# (d) the fused Functions: parallel = serial, gradcheck, float32
+# (e) every fused Function: chunked = unchunked, gradcheck, float32
 # ---------------------------------------------------------------------------------------------------------------------
-def _forward_backward(fn, arrays, dtype=np.float64):
-    """fn on fresh tensors of ``arrays`` (as ``dtype``), backward with a fixed random cotangent.
-    Returns (output, [grad of each input]) on the host."""
-    tensors = [Tensor(backend.asarray(np.asarray(a, dtype=dtype)), requires_grad=True) for a in arrays]
+def _forward_backward(fn, arrays, dtype=np.float64, requires=None):
+    """fn on fresh tensors of ``arrays`` (as ``dtype``; ``requires``: which require grad, default all), backward
+    with a fixed random cotangent. Returns (output, [gradient or None per input]) on the host."""
+    requires = [True] * len(arrays) if requires is None else requires
+    tensors = [Tensor(backend.asarray(np.asarray(a, dtype=dtype)), requires_grad=r) for a, r in zip(arrays, requires)]
     out = fn(*tensors)
-    out.backward(dev(np.random.default_rng(7).standard_normal(out.shape).astype(dtype)))
-    return host(out), [host(t.grad) for t in tensors]
+    out.backward(dev(np.asarray(np.random.default_rng(7).standard_normal(out.shape), dtype=dtype)))
+    return host(out), [None if t.grad is None else host(t.grad) for t in tensors]
 
 
 def _assert_close(got, expected, **tolerance):
     (out, grads), (out_e, grads_e) = got, expected
-    np.testing.assert_allclose(out, out_e, **(tolerance or TIGHT))
+    tolerance = tolerance or TIGHT
+    assert out.shape == out_e.shape and out.dtype == out_e.dtype
+    np.testing.assert_allclose(out, out_e, **tolerance)
+    assert len(grads) == len(grads_e)
     for n, (g, ge) in enumerate(zip(grads, grads_e)):
-        assert g.shape == ge.shape and g.dtype == ge.dtype
-        np.testing.assert_allclose(g, ge, **(tolerance or TIGHT), err_msg=f"gradient of input {n}")
+        if ge is None:
+            assert g is None, f"input {n} got a gradient"
+            continue
+        assert g.shape == ge.shape and g.dtype == ge.dtype, n
+        np.testing.assert_allclose(g, ge, **tolerance, err_msg=f"gradient of input {n}")
 
 
-def _assert_parallel_equals_serial(fn, arrays, counts, dtype=np.float64, **tolerance):
-    """fn's output and gradients, cut into THREADS parts (checked: every parallel.run got THREADS parts), equal
-    those of one serial call (checked: one part each)."""
-    counts.clear()
-    cut = _forward_backward(fn, arrays, dtype)
-    assert counts and set(counts) == {THREADS}, counts
-    parallel.set_num_threads(1)
-    try:
-        counts.clear()
-        whole = _forward_backward(fn, arrays, dtype)
-        assert counts and set(counts) == {1}, counts
-    finally:
-        parallel.set_num_threads(THREADS)
+def _unchunked(log, fn, arrays, dtype, requires):
+    """fn's output and gradients from one call of each math function on the whole arrays (MIN_WORK huge; checked)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parallel, "MIN_WORK", HUGE)
+        log.clear()
+        whole = _forward_backward(fn, arrays, dtype, requires)
+        assert log.counts and set(log.counts) == {1}, log.counts
+    return whole
+
+
+def _assert_chunked_equals_unchunked(chunked, case, dtype=np.float64, **tolerance):
+    """The case's output and every gradient, cut into chunks (checked: every map_batch call was cut), equal those of
+    one unchunked call; all finite. Returns the chunked result."""
+    fn, arrays, requires = case
+    chunked.log.clear()
+    cut = _forward_backward(fn, arrays, dtype, requires)
+    chunked.check(chunked.log.counts)
+    axes = list(chunked.log.axes)
+    whole = _unchunked(chunked.log, fn, arrays, dtype, requires)
     _assert_close(cut, whole, **tolerance)
-    assert all(np.isfinite(a).all() for a in [cut[0]] + cut[1])
-    return cut
+    assert np.isfinite(cut[0]).all() and all(np.isfinite(g).all() for g in cut[1] if g is not None)
+    return cut, axes
 
 
-def _qkv(rng, batch, kv_batch=None):
-    """Random q (batch, L=7, E=4), k (kv_batch, S=10, E) and v (kv_batch, S, Ev=3); kv_batch defaults to batch."""
-    kv_batch = batch if kv_batch is None else kv_batch
-    return (rng.standard_normal(batch + (7, 4)), rng.standard_normal(kv_batch + (10, 4)),
-            rng.standard_normal(kv_batch + (10, 3)))
+def _constant(rng_array, dtype):
+    """A float constant (mask-like bias, dropout multiplier) on the backend in ``dtype``, or None."""
+    return None if rng_array is None else dev(np.asarray(rng_array, dtype=dtype))
 
 
-def _attention_case(name, rng):
-    """(q, k, v, keyword arguments of ScaledDotProductAttentionFunction) for a named case; L = 7, S = 10."""
-    q, k, v = _qkv(rng, (4, 3))
-    kw = dict(scale=0.5)
-    if name == "k, v broadcast along B":
-        k, v = k[:1], v[:1]                                                   # (1, 3, S, ·) against q's (4, 3, ...)
-    elif name == "bool mask with fully masked rows, float bias":
-        mask = rng.random((4, 1, 1, 10)) > 0.4
-        mask[..., 0] = True
-        mask[2] = False                                                       # sequence 2: every row fully masked
-        kw.update(mask=dev(mask), bias=dev(rng.standard_normal((7, 10))))
-    elif name == "dropout keep multiplier":
-        p = 0.3
-        kw.update(keep=dev((rng.random((4, 3, 7, 10)) > p) / (1 - p)))
-    elif name == "B = 1: cut along the heads":
-        q, k, v = _qkv(rng, (1, 5))
-    elif name == "heads cut, k, v broadcast along the heads":
-        q, k, v = _qkv(rng, (2, 5), kv_batch=(2, 1))
-    elif name == "q without batch axes":
-        q = rng.standard_normal((7, 4))
-    elif name != "plain":
-        raise KeyError(name)
-    return q, k, v, kw
+def _row_mask(rng, shape, p=0.4):
+    """A bool mask: key 0 always taken, the others with probability 1 − p."""
+    mask = rng.random(shape) > p
+    mask[..., 0] = True
+    return mask
 
 
-ATTENTION_CASES = ["plain", "k, v broadcast along B", "bool mask with fully masked rows, float bias",
-                   "dropout keep multiplier", "B = 1: cut along the heads", "heads cut, k, v broadcast along the heads",
-                   "q without batch axes"]
+# --- case builders: (rng, dtype) → (fn, arrays, requires) --------------------------------------------------------------
+def _qkv(rng, q_batch, kv_batch=None, length=7, keys=10, e=4, ev=3):
+    kv_batch = q_batch if kv_batch is None else kv_batch
+    return [rng.standard_normal(q_batch + (length, e)), rng.standard_normal(kv_batch + (keys, e)),
+            rng.standard_normal(kv_batch + (keys, ev))]
 
 
-@pytest.mark.parametrize("case", ATTENTION_CASES)
-def test_fused_attention_parallel_equals_serial(part_counts, rng, case):
-    q, k, v, kw = _attention_case(case, rng)
-    _assert_parallel_equals_serial(lambda *t: ScaledDotProductAttentionFunction.apply(*t, **kw), [q, k, v],
-                                   part_counts)
-
-
-@pytest.mark.parametrize("is_causal", [False, True])
-def test_functional_sdpa_parallel_equals_serial(part_counts, rng, is_causal):
-    q, k, v, _ = _attention_case("k, v broadcast along B", rng)
-    _assert_parallel_equals_serial(lambda *t: F.scaled_dot_product_attention(*t, is_causal=is_causal), [q, k, v],
-                                   part_counts)
-
-
-def test_fused_attention_backward_uses_the_forward_parts_when_the_thread_count_changes(part_counts, rng):
-    """Forward cut into 3 parts, backward after set_num_threads(1): the gradients are still those of a serial call."""
-    q, k, v, kw = _attention_case("k, v broadcast along B", rng)
-    fn = lambda *t: ScaledDotProductAttentionFunction.apply(*t, **kw)   # noqa: E731
-    tensors = [t64(a) for a in (q, k, v)]
-    out = fn(*tensors)
-    w = rng.standard_normal(out.shape)
-    parallel.set_num_threads(1)
-    try:
-        out.backward(dev(w))
-        expected = [t64(a) for a in (q, k, v)]
-        fn(*expected).backward(dev(w))
-    finally:
-        parallel.set_num_threads(THREADS)
-    for t, e in zip(tensors, expected):
-        np.testing.assert_allclose(host(t.grad), host(e.grad), **TIGHT)
-
-
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_parallel_equals_serial(part_counts, rng, with_bias):
-    """x (5, 7, 6): 35 rows cut 11, 12, 12 for y and dx; W (4, 6): rows cut 1, 1, 2 for dW."""
-    arrays = [rng.standard_normal((5, 7, 6)), rng.standard_normal((4, 6))] + ([rng.standard_normal(4)] if with_bias
-                                                                              else [])
-    _assert_parallel_equals_serial(lambda *t: LinearFunction.apply(*t), arrays, part_counts)
-
-
-def test_linear_parallel_without_a_gradient_for_x(part_counts, rng):
-    """Only W and b need gradients (x is data, as for a first layer): dW and db still right, x gets none."""
-    x = rng.standard_normal((5, 7, 6))
-    w, b = rng.standard_normal((4, 6)), rng.standard_normal(4)
-    grads = []
-    for threads in (THREADS, 1):
-        parallel.set_num_threads(threads)
-        part_counts.clear()
-        tensors = [t64(x, requires_grad=False), t64(w), t64(b)]
-        LinearFunction.apply(*tensors).backward(dev(np.ones((5, 7, 4))))
-        assert set(part_counts) == {threads}
-        grads.append([tensors[0].grad] + [host(t.grad) for t in tensors[1:]])
-    parallel.set_num_threads(THREADS)
-    assert grads[0][0] is None and grads[1][0] is None
-    for g, ge in zip(grads[0][1:], grads[1][1:]):
-        np.testing.assert_allclose(g, ge, **TIGHT)
-
-
-def _flash_case(name, rng):
-    """(q, k, v, keyword arguments of FlashAttentionFunction) for a named case; L = 7, S = 10, block_size 3."""
-    q, k, v = _qkv(rng, (4, 3))
-    kw = dict(scale=0.5, block_size=3)
-    if name == "causal":
-        kw.update(causal=True)
-    elif name == "bool mask with a fully masked row, float bias":
-        mask = rng.random((4, 1, 7, 10)) > 0.4
-        mask[..., 0] = True
+def _sdpa(name, rng, dtype):
+    """ScaledDotProductAttentionFunction: q (4, 3, L=7, E=4), k (4, 3, S=10, 4), v (4, 3, 10, Ev=3) unless said."""
+    arrays, kw = _qkv(rng, (4, 3)), dict(scale=0.5)
+    if name == "bool mask with a fully masked row":
+        mask = _row_mask(rng, (4, 1, 7, 10))
         mask[1, 0, 3] = False                                                 # query 3 of sequence 1 sees no key
-        kw.update(mask=dev(mask), bias=dev(rng.standard_normal((7, 10))))
-    elif name == "causal and mask, k, v broadcast along B":
-        k, v = k[:1], v[:1]
-        mask = rng.random((4, 1, 1, 10)) > 0.3
-        mask[..., 0] = True
-        kw.update(causal=True, mask=dev(mask))
-    elif name == "B = 1: cut along the heads":
-        q, k, v = _qkv(rng, (1, 5))
-    elif name != "plain":
+        kw["mask"] = dev(mask)
+    elif name == "float bias (L, S)":
+        kw["bias"] = _constant(rng.standard_normal((7, 10)), dtype)
+    elif name == "float bias (B, 1, L, S) and mask (L, S)":
+        kw["bias"] = _constant(rng.standard_normal((4, 1, 7, 10)), dtype)
+        kw["mask"] = dev(_row_mask(rng, (7, 10)))
+    elif name == "dropout_mask":
+        kw["dropout_mask"] = _constant((rng.random((4, 3, 7, 10)) > 0.3) / 0.7, dtype)
+    elif name == "k, v batch 1 (broadcast over B)":
+        arrays = _qkv(rng, (4, 3), (1, 3))
+    elif name == "k, v shared by the heads (B, 1, S, E)":
+        arrays = _qkv(rng, (4, 3), (4, 1))
+    elif name == "q batch 1, k, v batch 4":
+        arrays = _qkv(rng, (1, 3), (4, 3))
+    elif name == "batch (1, 5): cut along the heads":
+        arrays = _qkv(rng, (1, 5))
+    elif name == "q without batch axes":
+        arrays[0] = rng.standard_normal((7, 4))
+    elif name != "no mask":
         raise KeyError(name)
-    return q, k, v, kw
+    return (lambda *t: ScaledDotProductAttentionFunction.apply(*t, **kw)), arrays, None
 
 
-FLASH_CASES = ["plain", "causal", "bool mask with a fully masked row, float bias",
-               "causal and mask, k, v broadcast along B", "B = 1: cut along the heads"]
+def _linear(name, rng, dtype):
+    """LinearFunction: x (5, 7, 6) (35 rows, cut along its first axis), W (4, 6), b (4,) unless said."""
+    x, w, b = rng.standard_normal((5, 7, 6)), rng.standard_normal((4, 6)), rng.standard_normal(4)
+    if name == "3-D x, bias":
+        return (lambda *t: LinearFunction.apply(*t)), [x, w, b], None
+    if name == "3-D x, no bias":
+        return (lambda *t: LinearFunction.apply(*t)), [x, w], None
+    if name == "2-D x (9, 6), bias":
+        return (lambda *t: LinearFunction.apply(*t)), [rng.standard_normal((9, 6)), w, b], None
+    if name == "x requires no grad":
+        return (lambda *t: LinearFunction.apply(*t)), [x, w, b], [False, True, True]
+    raise KeyError(name)
 
 
-@pytest.mark.parametrize("case", FLASH_CASES)
-def test_flash_attention_parallel_equals_serial(part_counts, rng, case):
-    q, k, v, kw = _flash_case(case, rng)
-    _assert_parallel_equals_serial(lambda *t: FlashAttentionFunction.apply(*t, **kw), [q, k, v], part_counts)
+def _layer_norm(name, rng, dtype):
+    """LayerNormFunction over the last axis (D = 6), gamma and beta (6,); with a residual: LayerNorm(x + R)."""
+    shape = {"3-D x (4, 5, 6)": (4, 5, 6), "2-D x (9, 6)": (9, 6), "3-D x and a residual": (4, 5, 6)}[name]
+    arrays = [rng.standard_normal(shape) * 3 + 1, rng.standard_normal(6), rng.standard_normal(6)]
+    if "residual" in name:
+        arrays.append(rng.standard_normal(shape))                              # x, γ, β, R
+    return (lambda *t: LayerNormFunction.apply(*t, eps=1e-5)), arrays, None
 
 
-def test_gradcheck_fused_attention_in_parallel(part_counts, rng):
-    q, k, v = rng.standard_normal((3, 2, 3, 2)), rng.standard_normal((1, 2, 4, 2)), rng.standard_normal((3, 2, 4, 3))
-    mask = rng.random((3, 1, 3, 4)) > 0.3
-    mask[..., 0] = True
-    keep = (rng.random((3, 2, 3, 4)) > 0.25) / 0.75
-    assert gradcheck(lambda *t: ScaledDotProductAttentionFunction.apply(*t, mask=dev(mask), scale=0.7, keep=dev(keep)),
-                     [t64(q), t64(k), t64(v)])
-    assert part_counts and set(part_counts) == {THREADS}
+def _cross_entropy(name, rng, dtype):
+    """CrossEntropyFunction: logits (11, 5) (rows cut), integer targets with ignored rows."""
+    reduction, ignore_index, smoothing = {
+        "mean, ignored rows": ("mean", -100, 0.0),
+        "mean, ignored rows, label_smoothing": ("mean", -100, 0.1),
+        "sum, ignored rows, label_smoothing": ("sum", -100, 0.2),
+        "none, ignore_index=3, label_smoothing": ("none", 3, 0.1),
+    }[name]
+    target = rng.integers(0, 5, 11)
+    target[[2, 7]] = ignore_index
+    kw = dict(target=dev(target), ignore_index=ignore_index, label_smoothing=smoothing, reduction=reduction)
+    return (lambda z: CrossEntropyFunction.apply(z, **kw)), [rng.standard_normal((11, 5)) * 2], None
 
 
-def test_gradcheck_linear_in_parallel(part_counts, rng):
-    x, w, b = rng.standard_normal((5, 3, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3)
-    assert gradcheck(lambda *t: LinearFunction.apply(*t), [t64(x), t64(w), t64(b)])
-    assert part_counts and set(part_counts) == {THREADS}
-
-
-def test_gradcheck_flash_attention_in_parallel(part_counts, rng):
-    q, k, v = rng.standard_normal((3, 2, 5, 2)), rng.standard_normal((1, 2, 6, 2)), rng.standard_normal((3, 2, 6, 2))
-    mask = rng.random((3, 1, 5, 6)) > 0.3
-    mask[..., 0] = True
-    assert gradcheck(lambda *t: FlashAttentionFunction.apply(*t, mask=dev(mask), scale=0.7, causal=True, block_size=2),
-                     [t64(q), t64(k), t64(v)])
-    assert part_counts and set(part_counts) == {THREADS}
-
-
-FLOAT32 = dict(rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", ["attention", "linear", "flash"])
-def test_parallel_keeps_float32(part_counts, rng, name):
-    """Output and every gradient stay float32 when cut into parts (and agree with the serial float32 call)."""
-    if name == "attention":
-        q, k, v, kw = _attention_case("bool mask with fully masked rows, float bias", rng)
-        kw["bias"] = kw["bias"].astype(np.float32)
-        fn, arrays = lambda *t: ScaledDotProductAttentionFunction.apply(*t, **kw), [q, k, v]
-    elif name == "linear":
-        fn, arrays = lambda *t: LinearFunction.apply(*t), [rng.standard_normal((5, 7, 6)), rng.standard_normal((4, 6)),
-                                                          rng.standard_normal(4)]
+def _softmax(name, rng, dtype):
+    """SoftmaxFunction over the last axis, or over an axis that is not the last."""
+    if name == "last axis, mask and bias":
+        a = rng.standard_normal((4, 5, 6))
+        mask = _row_mask(rng, (4, 1, 6))
+        mask[2, 0, :] = False                                                  # batch element 2: all masked
+        kw = dict(mask=dev(mask), bias=_constant(rng.standard_normal((5, 6)), dtype))
+    elif name == "axis -2 (not last), mask":
+        a = rng.standard_normal((4, 3, 5, 6))
+        mask = rng.random((4, 1, 5, 6)) > 0.4
+        mask[:, :, 0, :] = True
+        mask[1, 0, :, 2] = False                                               # a column fully masked along axis -2
+        kw = dict(mask=dev(mask), axis=-2)
     else:
-        q, k, v, kw = _flash_case("causal and mask, k, v broadcast along B", rng)
-        fn, arrays = lambda *t: FlashAttentionFunction.apply(*t, **kw), [q, k, v]
-    out, grads = _assert_parallel_equals_serial(fn, arrays, part_counts, dtype=np.float32, **FLOAT32)
+        raise KeyError(name)
+    return (lambda s: SoftmaxFunction.apply(s, **kw)), [a], None
+
+
+TALKING_HEADS = {                                   # name → (with b_l, b_w; mask; attn_bias; dropout_mask)
+    "no biases, no masks": (False, False, False, False),
+    "biases, mask with a fully masked row": (True, True, False, False),
+    "biases, attn_bias with -inf": (True, False, True, False),
+    "no biases, mask, attn_bias, dropout_mask": (False, True, True, True),
+    "biases, mask, attn_bias, dropout_mask": (True, True, True, True),
+}
+
+
+def _talking_heads(name, rng, dtype):
+    """TalkingHeadsFunction, h_k = 2 ≠ h = 3 ≠ h_v = 4, B = 4, L = 3, S = 5, d = 2: q, k, v, P_l, P_w (, b_l, b_w)."""
+    with_biases, with_mask, with_attn_bias, with_dropout = TALKING_HEADS[name]
+    b, h_k, h, h_v, length, keys, d = 4, 2, 3, 4, 3, 5, 2
+    arrays = [rng.standard_normal((b, h_k, length, d)), rng.standard_normal((b, h_k, keys, d)),
+              rng.standard_normal((b, h_v, keys, d)), rng.standard_normal((h, h_k)), rng.standard_normal((h_v, h))]
+    if with_biases:
+        arrays += [rng.standard_normal(h), rng.standard_normal(h_v)]
+    kw = dict(scale=float(1 / np.sqrt(d)))                                     # a Python float: keeps float32
+    if with_mask:
+        mask = _row_mask(rng, (b, 1, length, keys))
+        mask[0, 0, 1, :] = False                                               # a query that sees no key
+        kw["mask"] = dev(mask)
+    if with_attn_bias:
+        bias = rng.standard_normal((length, keys))
+        bias[0, 2] = bias[1, 0] = -np.inf
+        bias[2, :] = -np.inf                                                   # a query whose every key gets -inf
+        kw["attn_bias"] = _constant(bias, dtype)
+    if with_dropout:
+        kw["dropout_mask"] = _constant((rng.random((b, h_v, length, keys)) > 0.3) / 0.7, dtype)
+    return (lambda *t: TalkingHeadsFunction.apply(*t, **kw)), arrays, None
+
+
+def _additive(name, rng, dtype):
+    """AdditiveAttentionFunction: qp (4, L=7, H=5), kp (4, S=6, 5), w_v (5,), v (4, 6, Ev=3) unless said."""
+    qp, kp = rng.standard_normal((4, 7, 5)), rng.standard_normal((4, 6, 5))
+    w_v, v = rng.standard_normal(5), rng.standard_normal((4, 6, 3))
+    kw = {}
+    if name == "mask with a fully masked row, dropout_mask, float bias":
+        mask = _row_mask(rng, (4, 7, 6))
+        mask[2, 3] = False
+        kw = dict(mask=dev(mask), dropout_mask=_constant((rng.random((4, 7, 6)) > 0.3) / 0.7, dtype),
+                  bias=_constant(rng.standard_normal((7, 6)), dtype))
+    elif name == "qp batch 1 (broadcast), mask (4, 1, S)":
+        qp = rng.standard_normal((1, 7, 5))
+        kw = dict(mask=dev(_row_mask(rng, (4, 1, 6))))
+    elif name == "kp, v batch 1 (broadcast)":
+        kp, v = rng.standard_normal((1, 6, 5)), rng.standard_normal((1, 6, 3))
+    elif name != "no mask":
+        raise KeyError(name)
+    return (lambda *t: AdditiveAttentionFunction.apply(*t, **kw)), [qp, kp, w_v, v], None
+
+
+def _flash(name, rng, dtype):
+    """FlashAttentionFunction, block_size 3 (tiles that do not divide L = 7, S = 10)."""
+    arrays, kw = _qkv(rng, (4, 3)), dict(scale=0.5, block_size=3)
+    if name == "causal":
+        kw["causal"] = True
+    elif name == "bool mask with a fully masked row":
+        mask = _row_mask(rng, (4, 1, 7, 10))
+        mask[1, 0, 3] = False
+        kw["mask"] = dev(mask)
+    elif name == "float bias":
+        kw["bias"] = _constant(rng.standard_normal((4, 1, 7, 10)), dtype)
+    elif name == "causal, mask, k, v batch 1":
+        arrays = _qkv(rng, (4, 3), (1, 3))
+        kw.update(causal=True, mask=dev(_row_mask(rng, (4, 1, 1, 10), p=0.3)))
+    elif name == "batch (1, 5): cut along the heads, block_size 2":
+        arrays = _qkv(rng, (1, 5))
+        kw["block_size"] = 2
+    else:
+        raise KeyError(name)
+    return (lambda *t: FlashAttentionFunction.apply(*t, **kw)), arrays, None
+
+
+CASES = {
+    "sdpa": (_sdpa, ["no mask", "bool mask with a fully masked row", "float bias (L, S)",
+                     "float bias (B, 1, L, S) and mask (L, S)", "dropout_mask", "k, v batch 1 (broadcast over B)",
+                     "k, v shared by the heads (B, 1, S, E)", "q batch 1, k, v batch 4", "batch (1, 5): cut along the heads", "q without batch axes"]),
+    "linear": (_linear, ["3-D x, bias", "3-D x, no bias", "2-D x (9, 6), bias", "x requires no grad"]),
+    "layer_norm": (_layer_norm, ["3-D x (4, 5, 6)", "2-D x (9, 6)", "3-D x and a residual"]),
+    "cross_entropy": (_cross_entropy, ["mean, ignored rows", "mean, ignored rows, label_smoothing",
+                                       "sum, ignored rows, label_smoothing", "none, ignore_index=3, label_smoothing"]),
+    "softmax": (_softmax, ["last axis, mask and bias", "axis -2 (not last), mask"]),
+    "talking_heads": (_talking_heads, list(TALKING_HEADS)),
+    "additive": (_additive, ["no mask", "mask with a fully masked row, dropout_mask, float bias",
+                             "qp batch 1 (broadcast), mask (4, 1, S)", "kp, v batch 1 (broadcast)"]),
+    "flash": (_flash, ["causal", "bool mask with a fully masked row", "float bias", "causal, mask, k, v batch 1",
+                       "batch (1, 5): cut along the heads, block_size 2"]),
+}
+ALL_CASES = [pytest.param(op, name, id=f"{op}: {name}") for op, (_, names) in CASES.items() for name in names]
+
+
+def _case(op, name, rng, dtype=np.float64):
+    builder, _ = CASES[op]
+    return builder(name, rng, dtype)
+
+
+@pytest.mark.parametrize("op, name", ALL_CASES)
+def test_fused_function_chunked_equals_unchunked(chunked, rng, op, name):
+    """Cut into chunks on 3 threads (every map_batch call, forward and backward), the Function's output and every
+    input's gradient equal those of one unchunked call to 1e-12 in float64."""
+    _, axes = _assert_chunked_equals_unchunked(chunked, _case(op, name, rng))
+    if "cut along the heads" in name:
+        assert set(axes) == {1}, axes                      # batch (1, 5): the heads axis was the one cut
+
+
+@pytest.mark.parametrize("op", list(CASES))
+def test_fused_function_keeps_float32_when_chunked(chunked, rng, op):
+    """float32 inputs: chunked, the output and every gradient are float32, and agree with the unchunked float32
+    call (its most involved case)."""
+    name = CASES[op][1][-1] if op != "linear" else "3-D x, bias"
+    (out, grads), _ = _assert_chunked_equals_unchunked(chunked, _case(op, name, rng, np.float32), np.float32,
+                                                       **FLOAT32)
     assert out.dtype == np.float32
-    assert [g.dtype for g in grads] == [np.float32] * len(arrays)
+    assert [g.dtype for g in grads if g is not None] == [np.float32] * sum(g is not None for g in grads)
+    assert any(g is not None for g in grads)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# (e) the pool's life: set_num_threads while another thread runs; a forked child
-# ---------------------------------------------------------------------------------------------------------------------
-def test_set_num_threads_while_another_thread_runs(forced):
-    """set_num_threads replaces the pool; a run in flight on another thread must neither fail to submit its parts
-    ("cannot schedule new futures after shutdown") nor find no pool at all, and its results stay right."""
-    stop, errors, wrong = threading.Event(), [], []
-    parts = parallel.batch_parts((6,), madds_enough())
-
-    def runner():
-        while not stop.is_set():
-            try:
-                if parallel.run(lambda part: part.span, parts) != [part.span for part in parts]:
-                    wrong.append(1)
-            except Exception as err:   # noqa: BLE001 — any failure is what this test looks for
-                errors.append(repr(err))
-
-    thread = threading.Thread(target=runner)
-    thread.start()
-    try:
-        deadline = time.perf_counter() + 0.5
-        while time.perf_counter() < deadline:
-            parallel.set_num_threads(2)
-            parallel.set_num_threads(THREADS)
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert not thread.is_alive() and errors == [] and wrong == []
+def _gradcheck_chunked(log, fn, arrays, **kwargs):
+    """gradcheck of fn on float64 tensors of ``arrays``, every map_batch call of it cut (checked)."""
+    log.clear()
+    assert gradcheck(fn, [t64(a) for a in arrays], **kwargs)
+    assert log.counts and all(c > 1 for c in log.counts), log.counts
 
 
-def madds_enough():
-    return parallel.MIN_WORK + 1
+def test_gradcheck_sdpa_chunked(chunk_log, rng):
+    q, k, v = rng.standard_normal((3, 2, 3, 2)), rng.standard_normal((1, 2, 4, 2)), rng.standard_normal((3, 2, 4, 3))
+    mask = _row_mask(rng, (3, 1, 3, 4), p=0.3)
+    dropout_mask = dev((rng.random((3, 2, 3, 4)) > 0.25) / 0.75)
+    _gradcheck_chunked(chunk_log, lambda *t: ScaledDotProductAttentionFunction.apply(
+        *t, mask=dev(mask), scale=0.7, dropout_mask=dropout_mask), [q, k, v])
 
 
-def _child_computes(queue):
-    """In a forked child: one parallel run, its result put on ``queue``."""
-    parallel.MIN_WORK = 0
-    parts = parallel.batch_parts((6,), 1, num_threads=THREADS)
-    queue.put(parallel.run(lambda part: part.span.stop - part.span.start, parts))
+def test_gradcheck_linear_chunked(chunk_log, rng):
+    arrays = [rng.standard_normal((5, 3, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3)]
+    _gradcheck_chunked(chunk_log, lambda *t: LinearFunction.apply(*t), arrays)
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork (POSIX)")
-def test_a_forked_child_can_still_run_in_parallel(forced):
-    """The pool's threads are not copied into a child made by fork (multiprocessing's default on Linux before
-    Python 3.14): the child must start a pool of its own instead of queueing work that no thread will ever run."""
-    import multiprocessing
-    import warnings
-    parts = parallel.batch_parts((6,), madds_enough())
-    assert len(parallel.run(lambda part: part, parts)) == THREADS        # the parent's pool exists now
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    with warnings.catch_warnings():        # Python >= 3.12 warns about forking a process that has threads
-        warnings.simplefilter("ignore", DeprecationWarning)
-        child = context.Process(target=_child_computes, args=(queue,))
-        child.start()
-    child.join(timeout=30)
-    if child.is_alive():
-        child.kill()
-        pytest.fail("the forked child hung in parallel.run")
-    assert child.exitcode == 0 and queue.get(timeout=5) == [2, 2, 2]
+def test_gradcheck_layer_norm_chunked(chunk_log, rng):
+    arrays = [rng.standard_normal((3, 2, 4)), rng.standard_normal(4), rng.standard_normal(4)]
+    _gradcheck_chunked(chunk_log, lambda *t: LayerNormFunction.apply(*t), arrays)
+
+
+def test_gradcheck_talking_heads_chunked(chunk_log, rng):
+    arrays = [rng.standard_normal((3, 2, 2, 2)), rng.standard_normal((3, 2, 3, 2)), rng.standard_normal((3, 3, 3, 2)),
+              rng.standard_normal((2, 2)), rng.standard_normal((3, 2)), rng.standard_normal(2), rng.standard_normal(3)]
+    mask = _row_mask(rng, (3, 1, 2, 3), p=0.3)
+    _gradcheck_chunked(chunk_log, lambda *t: TalkingHeadsFunction.apply(*t, mask=dev(mask), scale=0.7), arrays,
+                       max_elements=1000)
+
+
+def test_gradcheck_flash_chunked(chunk_log, rng):
+    q, k, v = rng.standard_normal((3, 2, 5, 2)), rng.standard_normal((1, 2, 6, 2)), rng.standard_normal((3, 2, 6, 2))
+    mask = _row_mask(rng, (3, 1, 5, 6), p=0.3)
+    _gradcheck_chunked(chunk_log, lambda *t: FlashAttentionFunction.apply(
+        *t, mask=dev(mask), scale=0.7, causal=True, block_size=2), [q, k, v])

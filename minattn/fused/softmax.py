@@ -19,21 +19,24 @@ def softmax_forward(a, mask=None, bias=None, axis=-1):
         a = a + bias                                                  # (..., L, S)
     if mask is not None:
         a = xp.where(mask, a, -xp.inf)                                # (..., L, S)  masked → −∞
-    a = xp.moveaxis(a, axis, -1)                                      # (..., L, S)  the softmax axis last (a view)
+    last = axis in (-1, a.ndim - 1)
+    a = a if last else xp.moveaxis(a, axis, -1)                       # (..., L, S)  the softmax axis last (a view)
     m = rowmax(a)                                                     # (..., L, 1)  m_i = max_k A_ik
     e = a - xp.where(xp.isfinite(m), m, 0)                            # (..., L, S)  fully masked row: shift by 0
     xp.exp(e, out=e)                                                  # (..., L, S)  exp(A_ik − m_i), 0 where masked
     z = rowsum(e)                                                     # (..., L, 1)  Σ_k exp(A_ik − m_i)
     e /= xp.where(z == 0, 1, z)                                       # (..., L, S)  P (a fully masked row: / 1)
-    return xp.moveaxis(e, -1, axis)
+    return e if last else xp.moveaxis(e, -1, axis)
 
 
 def softmax_backward(p, grad_p, axis=-1):
     """dA = P ∘ (dP − Σ_j dP_ij P_ij): the vector-Jacobian product of softmax (see SoftmaxFunction)."""
-    p, grad_p = xp.moveaxis(p, axis, -1), xp.moveaxis(grad_p, axis, -1)   # (..., L, S)  the softmax axis last
+    last = axis in (-1, p.ndim - 1)
+    if not last:
+        p, grad_p = xp.moveaxis(p, axis, -1), xp.moveaxis(grad_p, axis, -1)   # (..., L, S)  the softmax axis last
     da = grad_p - rowdot(grad_p, p)                                   # (..., L, S)  dP − Σ_j dP_ij P_ij
     da *= p                                                           # (..., L, S)  dA
-    return xp.moveaxis(da, -1, axis)
+    return da if last else xp.moveaxis(da, -1, axis)
 
 
 class SoftmaxFunction(Function):
