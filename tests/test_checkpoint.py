@@ -313,12 +313,12 @@ def assert_load_refused(path, model, optimizer, pattern):
     return err.value
 
 
-@pytest.mark.parametrize("keep", [0, 4, 40, 0.5, -22, -1])
-def test_truncated_file(saved, tmp_path, keep):
+@pytest.mark.parametrize("cut_at", [0, 4, 40, 0.5, -22, -1])
+def test_truncated_file(saved, tmp_path, cut_at):
     path, model, opt = saved
     data = path.read_bytes()
     cut = tmp_path / "cut.npz"
-    cut.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+    cut.write_bytes(data[: int(len(data) * cut_at) if isinstance(cut_at, float) else cut_at])
     assert_load_refused(cut, model, opt, r"not a (readable )?minattn checkpoint|truncated or corrupt")
 
 

@@ -17,17 +17,17 @@ def cross_entropy_forward(logits, target, ignore_index, label_smoothing):
     counted = target != ignore_index                                   # (N,)    rows not ignored
     t = xp.where(counted, target, 0)                                   # (N,)    any class id for ignored rows
     nll = -xp.take_along_axis(log_p, t[:, None], axis=-1)[:, 0]        # (N,)    −log p_t
-    rows = (1 - eps) * nll - eps * log_p.mean(axis=-1)                 # (N,)    ℓ = −Σ_c q_c log p_c
-    return xp.where(counted, rows, 0), log_p                           # (N,)    0 for ignored rows
+    losses = (1 - eps) * nll - eps * log_p.mean(axis=-1)               # (N,)    ℓ = −Σ_c q_c log p_c
+    return xp.where(counted, losses, 0), log_p                         # (N,)    0 for ignored rows
 
 
-def cross_entropy_backward(log_p, target, grad_rows, ignore_index, label_smoothing):
-    """dz (N, C) of CrossEntropyFunction on whole arrays, from dℓ = ``grad_rows`` (N,)."""
+def cross_entropy_backward(log_p, target, grad_losses, ignore_index, label_smoothing):
+    """dz (N, C) of CrossEntropyFunction on whole arrays, from dℓ = ``grad_losses`` (N,)."""
     eps, num_classes = label_smoothing, log_p.shape[-1]
     counted = target != ignore_index                                   # (N,)
     onehot = (xp.arange(num_classes) == target[:, None]).astype(log_p.dtype)   # (N, C)  1 at the target class
     q = (1 - eps) * onehot + eps / num_classes                         # (N, C)  the smoothed target
-    return (xp.exp(log_p) - q) * (grad_rows * counted)[:, None]        # (N, C)  dz = (p − q) dℓ, 0 if ignored
+    return (xp.exp(log_p) - q) * (grad_losses * counted)[:, None]        # (N, C)  dz = (p − q) dℓ, 0 if ignored
 
 
 class CrossEntropyFunction(Function):
@@ -49,19 +49,19 @@ class CrossEntropyFunction(Function):
     @staticmethod
     def forward(ctx, logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
         options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing)
-        rows, log_p = parallel.map_batch(cross_entropy_forward, logits, target, core_ndim=(1, 0), **options)
+        losses, log_p = parallel.map_batch(cross_entropy_forward, logits, target, core_ndim=(1, 0), **options)
         count = max(int((target != ignore_index).sum()), 1) if reduction == "mean" else 1   # rows averaged over
         ctx.save_for_backward(log_p, target)
         ctx.options, ctx.reduction, ctx.count = options, reduction, count
         if reduction == "none":
-            return rows                                                # (N,)
-        return rows.sum() / logits.dtype.type(count)                   # ()
+            return losses                                              # (N,)
+        return losses.sum() / logits.dtype.type(count)                 # ()
 
     @staticmethod
     def backward(ctx, grad):
         log_p, target = ctx.saved
-        grad_rows = grad if ctx.reduction == "none" else xp.broadcast_to(grad / ctx.count, target.shape)   # (N,)
-        return (parallel.map_batch(cross_entropy_backward, log_p, target, grad_rows, core_ndim=(1, 0, 0),
+        grad_losses = grad if ctx.reduction == "none" else xp.broadcast_to(grad / ctx.count, target.shape)   # (N,)
+        return (parallel.map_batch(cross_entropy_backward, log_p, target, grad_losses, core_ndim=(1, 0, 0),
                                    grads_for=(log_p,), **ctx.options),)    # (N, C), shaped as log p: as z
 
 
@@ -72,9 +72,9 @@ def cross_entropy_reference(logits, target, ignore_index=-100, label_smoothing=0
     log_p = shifted - ops.log(ops.exp(shifted).sum(axis=-1, keepdims=True))
     counted = target != ignore_index
     t = xp.where(counted, target, 0)
-    rows = -log_p[xp.arange(n), t] * (1 - label_smoothing) - log_p.mean(axis=-1) * label_smoothing
-    rows = ops.where(counted, rows, xp.zeros((), dtype=logits.dtype))
+    losses = -log_p[xp.arange(n), t] * (1 - label_smoothing) - log_p.mean(axis=-1) * label_smoothing
+    losses = ops.where(counted, losses, xp.zeros((), dtype=logits.dtype))
     if reduction == "none":
-        return rows
-    return rows.sum() / float(max(int(counted.sum()), 1) if reduction == "mean" else 1)
+        return losses
+    return losses.sum() / float(max(int(counted.sum()), 1) if reduction == "mean" else 1)
 

@@ -8,7 +8,7 @@ largest array is one (B_q, B_k) tile per batch element and head, not the (L, S) 
 import numbers
 
 from autograd import ops, parallel
-from autograd.backend import xp
+from autograd.backend import rowdot, rowmax, rowsum, xp
 from autograd.function import Function
 from autograd.ops import sum_to
 from autograd.tensor import Tensor
@@ -32,7 +32,7 @@ class FlashAttentionFunction(Function):
                   ℓ = exp(m − m_new) · ℓ + rowsum(P̃_ij)                              (..., B_q, 1)
                   Õ = exp(m − m_new) · Õ + P̃_ij V_j                                  (..., B_q, Ev)
                   m = m_new
-                O_i = Õ / ℓ,   L_i = m + log ℓ   (the row's logsumexp)                (..., B_q, Ev), (..., B_q, 1)
+                O_i = Õ / ℓ,   LSE_i = m + log ℓ   (the row's logsumexp)              (..., B_q, Ev), (..., B_q, 1)
               Why the rescaling is exact: after some key blocks, ℓ = Σ_seen exp(a − m) and Õ = Σ_seen exp(a − m) v,
               with m the max of the scores seen. When the max grows to m_new, each term already summed should read
               exp(a − m_new) = exp(a − m) · exp(m − m_new): ONE factor per row, applied to ℓ and Õ, fixes the whole
@@ -40,22 +40,23 @@ class FlashAttentionFunction(Function):
               its numerator Σ_j exp(a_j − m) v_j, so Õ/ℓ = softmax(A) V: exact, not an approximation (only the
               order of the floating-point additions differs from the dense path). The shift by the max is what keeps
               exp from overflowing, as in SoftmaxFunction; the running max is what lets a tile use it before it knows
-              the row's true max. And L = m + log ℓ = log Σ_j exp(a_j), so exp(a − L) = exp(a − m)/ℓ = P: one number
+              the row's true max. And LSE = m + log ℓ = log Σ_j exp(a_j), so exp(a − LSE) = exp(a − m)/ℓ = P: one number
               per row is all the backward needs to rebuild any tile of P.
-    Backward: D = rowsum(dO ∘ O)                                                      (..., L, 1)  once
+    Backward: Δ = rowsum(dO ∘ O)                                                      (..., L, 1)  once
               for each key block j, for each query block i:
-                  P_ij = exp(A_ij − L_i)                   recomputed from Q, K and L (..., B_q, B_k)
+                  P_ij = exp(A_ij − LSE_i)              recomputed from Q, K, LSE (..., B_q, B_k)
                   dV_j += P_ijᵀ dO_i                                                  (..., B_k, Ev)
                   dP_ij = dO_i V_jᵀ                                                   (..., B_q, B_k)
-                  dA_ij = P_ij ∘ (dP_ij − D_i)             softmax's backward         (..., B_q, B_k)
+                  dA_ij = P_ij ∘ (dP_ij − Δ_i)             softmax's backward         (..., B_q, B_k)
                   dQ_i += dA_ij K_j · scale                                           (..., B_q, E)
                   dK_j += dA_ijᵀ Q_i · scale                                          (..., B_k, E)
-              Why D = rowsum(dO ∘ O): softmax's backward (SoftmaxFunction) subtracts, per row, Σ_j dP_ij P_ij, a sum
+              Why Δ = rowsum(dO ∘ O) (the papers' D): softmax's backward (SoftmaxFunction) subtracts, per row,
+              Σ_j dP_ij P_ij, a sum
               over ALL S keys, while a tile holds only B_k of them. But dP = dO Vᵀ, so
                   Σ_j dP_ij P_ij = Σ_j P_ij Σ_c dO_ic V_jc = Σ_c dO_ic (Σ_j P_ij V_jc) = Σ_c dO_ic O_ic,
               a sum over the Ev output features of two arrays we already hold: no P needed, computed once per row.
               dQ and dK: A = (Q · scale) Kᵀ, and a matrix product's rule ∂(XY) = ∂X Y + X ∂Y.
-    Saved:    Q, K, V (the inputs themselves, not copies), O (..., L, Ev) and L (..., L, 1): never the (L, S) matrix.
+    Saved:    Q, K, V (the inputs themselves, not copies), O (..., L, Ev) and LSE (..., L, 1): never the (L, S) matrix.
               The price is one more Q Kᵀ per tile in the backward (recomputing P), a quarter more in the backward (five matrix products instead of four).
     Masks:    ``mask`` (bool, True = take part) and ``bias`` (float, added) are sliced to each tile: [..., rows, cols].
               ``causal``: query r sees keys c <= r (top-left). A tile entirely above the diagonal (its first key
@@ -92,12 +93,12 @@ class FlashAttentionFunction(Function):
 
 
 def flash_forward(q, k, v, mask, bias, scale, causal, block_size):
-    """The forward's loops (see FlashAttentionFunction) on whole arrays: returns O (..., L, Ev) and L (..., L, 1)."""
+    """The forward's loops (see FlashAttentionFunction) on whole arrays: returns O (..., L, Ev) and LSE (..., L, 1)."""
     num_queries, num_keys, value_dim = q.shape[-2], k.shape[-2], v.shape[-1]
     batch = masks.batch_shape(q, k, v, mask, bias)                                   # (...)
     mask, bias = _to_scores_shape(mask, num_queries, num_keys), _to_scores_shape(bias, num_queries, num_keys)
     out = xp.empty(batch + (num_queries, value_dim), dtype=q.dtype)                 # (..., L, Ev)  O, block by block
-    lse = xp.empty(batch + (num_queries, 1), dtype=q.dtype)                         # (..., L, 1)   L, block by block
+    lse = xp.empty(batch + (num_queries, 1), dtype=q.dtype)                         # (..., L, 1)   LSE, block by block
     for i0, i1 in _blocks(num_queries, block_size):
         rows = slice(i0, i1)
         q_i = q[..., rows, :] * scale                                               # (..., B_q, E)
@@ -107,18 +108,18 @@ def flash_forward(q, k, v, mask, bias, scale, causal, block_size):
         last_key = min(num_keys, i1) if causal else num_keys                        # causal: no key after query i1-1
         for j0, j1 in _blocks(last_key, block_size):
             cols = slice(j0, j1)
-            s = _tile_scores(q_i, k[..., cols, :], mask, bias, causal, rows, cols)   # (..., B_q, B_k)
-            m_new = xp.maximum(m, s.max(axis=-1, keepdims=True))                     # (..., B_q, 1)
+            a = _tile_scores(q_i, k[..., cols, :], mask, bias, causal, rows, cols)   # (..., B_q, B_k)
+            m_new = xp.maximum(m, rowmax(a))                                          # (..., B_q, 1)
             shift = xp.where(xp.isfinite(m_new), m_new, 0)                           # (..., B_q, 1) −∞ → 0
-            p = xp.exp(s - shift)                                                    # (..., B_q, B_k), 0 where masked
+            p_tilde = xp.exp(a - shift)                                              # (..., B_q, B_k) P̃, 0 where masked
             rescale = xp.exp(m - shift)                                              # (..., B_q, 1), 0 while m = −∞
-            l = rescale * l + p.sum(axis=-1, keepdims=True)                          # (..., B_q, 1)
-            acc = rescale * acc + p @ v[..., cols, :]                                # (..., B_q, Ev)
+            l = rescale * l + rowsum(p_tilde)                                        # (..., B_q, 1)
+            acc = rescale * acc + p_tilde @ v[..., cols, :]                          # (..., B_q, Ev)
             m = m_new                                                                # (..., B_q, 1)
         seen = l > 0                                                                 # (..., B_q, 1) a key took part
         l_safe = xp.where(seen, l, 1)                                                # (..., B_q, 1) ℓ = 0 → 1
         out[..., rows, :] = acc / l_safe                                             # (..., B_q, Ev)  O_i = Õ / ℓ
-        lse[..., rows, :] = xp.where(seen, m + xp.log(l_safe), -xp.inf)              # (..., B_q, 1)   L_i = m + log ℓ
+        lse[..., rows, :] = xp.where(seen, m + xp.log(l_safe), -xp.inf)              # (..., B_q, 1)   LSE_i = m + log ℓ
     return out, lse
 
 
@@ -127,7 +128,7 @@ def flash_backward(q, k, v, out, lse, mask, bias, grad_o, scale, causal, block_s
     num_queries, num_keys = q.shape[-2], k.shape[-2]
     batch = out.shape[:-2]                                                           # (...)
     mask, bias = _to_scores_shape(mask, num_queries, num_keys), _to_scores_shape(bias, num_queries, num_keys)
-    d = (grad_o * out).sum(axis=-1, keepdims=True)                                   # (..., L, 1)  D = rowsum(dO ∘ O)
+    delta = rowdot(grad_o, out)                                                      # (..., L, 1)  Δ = rowsum(dO ∘ O)
     lse = xp.where(xp.isfinite(lse), lse, 0)                                         # (..., L, 1)  fully masked: 0
     dq = xp.zeros(batch + q.shape[-2:], dtype=q.dtype)                               # (..., L, E)
     dk = xp.zeros(batch + k.shape[-2:], dtype=k.dtype)                               # (..., S, E)
@@ -139,14 +140,14 @@ def flash_backward(q, k, v, out, lse, mask, bias, grad_o, scale, causal, block_s
         for i0, i1 in _blocks(num_queries, block_size, first_query):
             rows = slice(i0, i1)
             q_i = q[..., rows, :] * scale                                            # (..., B_q, E)
-            s = _tile_scores(q_i, k_j, mask, bias, causal, rows, cols)               # (..., B_q, B_k)
-            p = xp.exp(s - lse[..., rows, :])                                        # (..., B_q, B_k)  P recomputed
+            a = _tile_scores(q_i, k_j, mask, bias, causal, rows, cols)               # (..., B_q, B_k)
+            p = xp.exp(a - lse[..., rows, :])                                        # (..., B_q, B_k)  P recomputed
             do_i = grad_o[..., rows, :]                                              # (..., B_q, Ev)
             dv[..., cols, :] += p.swapaxes(-1, -2) @ do_i                            # (..., B_k, Ev)
             dp = do_i @ v_j.swapaxes(-1, -2)                                         # (..., B_q, B_k)
-            ds = p * (dp - d[..., rows, :])                                          # (..., B_q, B_k)
-            dq[..., rows, :] += ds @ k_j                                             # (..., B_q, E)  · scale below
-            dk[..., cols, :] += ds.swapaxes(-1, -2) @ q_i                            # (..., B_k, E)  q_i has the scale
+            da = p * (dp - delta[..., rows, :])                                      # (..., B_q, B_k)  dA
+            dq[..., rows, :] += da @ k_j                                             # (..., B_q, E)  · scale below
+            dk[..., cols, :] += da.swapaxes(-1, -2) @ q_i                            # (..., B_k, E)  q_i has the scale
     dq *= scale                                                                      # (..., L, E)
     return sum_to(dq, q.shape), sum_to(dk, k.shape), sum_to(dv, v.shape)   # each summed over its broadcast axes
 
@@ -174,16 +175,16 @@ def _blocks(n, size, start=0):
 
 def _tile_scores(q_i, k_j, mask, bias, causal, rows, cols):
     """One tile of scores A_ij = Q̃_i K_jᵀ + bias[rows, cols], −∞ where masked. ``q_i`` already carries the scale."""
-    s = q_i @ k_j.swapaxes(-1, -2)                                                   # (..., B_q, B_k)
+    a = q_i @ k_j.swapaxes(-1, -2)                                                   # (..., B_q, B_k)
     if bias is not None:
-        s = s + bias[..., rows, cols]                                                # (..., B_q, B_k)
-    tile_mask = None if mask is None else mask[..., rows, cols]                           # (..., B_q, B_k)
+        a = a + bias[..., rows, cols]                                                # (..., B_q, B_k)
+    tile_mask = None if mask is None else mask[..., rows, cols]                      # (..., B_q, B_k)
     if causal and cols.stop - 1 > rows.start:                      # the tile reaches above the diagonal
         below = xp.arange(rows.start, rows.stop)[:, None] >= xp.arange(cols.start, cols.stop)   # (B_q, B_k)
-        tile_mask = below if tile_mask is None else tile_mask & below                               # (..., B_q, B_k)
+        tile_mask = below if tile_mask is None else tile_mask & below                    # (..., B_q, B_k)
     if tile_mask is not None:
-        s = xp.where(tile_mask, s, -xp.inf)                                               # (..., B_q, B_k)
-    return s
+        a = xp.where(tile_mask, a, -xp.inf)                                          # (..., B_q, B_k)
+    return a
 
 
 def flash_attention_reference(q, k, v, mask=None, bias=None, scale=1.0, causal=False, block_size=128):
@@ -206,21 +207,21 @@ def flash_attention_reference(q, k, v, mask=None, bias=None, scale=1.0, causal=F
         acc = Tensor(xp.zeros(batch + (i1 - i0, value_dim), dtype=q.dtype))         # (..., B_q, Ev)
         for j0, j1 in _blocks(min(num_keys, i1) if causal else num_keys, block_size):
             cols = slice(j0, j1)
-            s = ops.matmul(q_i, ops.transpose(k[..., cols, :]))                      # (..., B_q, B_k)
+            a = ops.matmul(q_i, ops.transpose(k[..., cols, :]))                      # (..., B_q, B_k)
             if bias is not None:
-                s = s + Tensor(bias[..., rows, cols])                                # (..., B_q, B_k)
+                a = a + Tensor(bias[..., rows, cols])                                # (..., B_q, B_k)
             tile_mask = None if mask is None else mask[..., rows, cols]                   # (..., B_q, B_k)
             if causal:
                 below = xp.arange(i0, i1)[:, None] >= xp.arange(j0, j1)             # (B_q, B_k)
                 tile_mask = below if tile_mask is None else tile_mask & below
             if tile_mask is not None:
-                s = ops.masked_fill(s, ~tile_mask, -xp.inf)                               # (..., B_q, B_k)
-            m_new = xp.maximum(m, s.data.max(axis=-1, keepdims=True))               # (..., B_q, 1)
+                a = ops.masked_fill(a, ~tile_mask, -xp.inf)                          # (..., B_q, B_k)
+            m_new = xp.maximum(m, a.data.max(axis=-1, keepdims=True))               # (..., B_q, 1)
             shift = xp.where(xp.isfinite(m_new), m_new, 0)                           # (..., B_q, 1)
-            p = ops.exp(s - Tensor(shift))                                           # (..., B_q, B_k)
+            p_tilde = ops.exp(a - Tensor(shift))                                     # (..., B_q, B_k)
             rescale = Tensor(xp.exp(m - shift))                                      # (..., B_q, 1)
-            l = rescale * l + p.sum(axis=-1, keepdims=True)                          # (..., B_q, 1)
-            acc = rescale * acc + ops.matmul(p, v[..., cols, :])                     # (..., B_q, Ev)
+            l = rescale * l + p_tilde.sum(axis=-1, keepdims=True)                    # (..., B_q, 1)
+            acc = rescale * acc + ops.matmul(p_tilde, v[..., cols, :])                     # (..., B_q, Ev)
             m = m_new
         l_safe = ops.where(l.data == 0, xp.ones((), dtype=l.dtype), l)               # (..., B_q, 1)
         blocks.append(acc / l_safe)                                                  # (..., B_q, Ev)

@@ -35,8 +35,8 @@ class LayerNormFunction(Function):
               dx = r (dx̂ − mean(dx̂) − x̂ ∘ mean(dx̂ ∘ x̂))
               because x̂ depends on every x of its row through μ and σ²: ∂μ/∂x_j = 1/D and ∂σ²/∂x_j = 2(x_j − μ)/D
               give the two subtracted means (the components of dx̂ along 1 and along x̂ are projected out).
-    Residual: with a second input R, y = LayerNorm(x + R) (the Transformer's post-norm sublayer, Add & Norm, in one
-              node): the sum's gradient dx reaches x and R alike (∂(x + R)/∂x = ∂(x + R)/∂R = 1).
+    Residual: with a fourth input ``residual``, y = LayerNorm(x + residual) (the Transformer's post-norm sublayer,
+              Add & Norm, in one node): the sum's gradient dx reaches x and the residual alike (∂(x + res)/∂x = 1).
     Saved:    x̂ and r (not x): the backward needs nothing else.
     Executed by ``parallel.map_batch`` (rows cut into chunks; each chunk's dγ, dβ are its rows' share, added up).
     Shapes:   x, y: (..., D); γ, β: (D,)
@@ -56,7 +56,7 @@ class LayerNormFunction(Function):
         x_hat, rstd, gamma, beta = ctx.saved
         dx, d_gamma, d_beta = parallel.map_batch(layer_norm_backward, x_hat, rstd, grad_y, core_ndim=1, gamma=gamma,
                                                  grads_for=(x_hat, gamma, beta))   # dx (shaped as x̂: as x), dγ, dβ
-        return (dx, d_gamma, d_beta, dx) if ctx.has_residual else (dx, d_gamma, d_beta)   # dR = dx
+        return (dx, d_gamma, d_beta, dx) if ctx.has_residual else (dx, d_gamma, d_beta)   # d residual = dx
 
 
 def layer_norm_reference(x, gamma, beta, eps=1e-5, *, residual=None):
