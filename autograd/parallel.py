@@ -55,13 +55,13 @@ MIN_WORK = 32_000_000
 thread: handing a chunk to another thread costs ~20-40 µs, and two threads taking turns at the GIL between small
 NumPy calls cost more (measured on 2 cores: LayerNorm on (832, 64) rows took 640 µs in 2 chunks, 306 µs whole)."""
 
-CHUNK_WORK = 32_000_000
+CHUNK_WORK = 128_000_000
 """About this many multiply-adds per chunk of a matrix op (``core_ndim`` ≥ 2: an (L, E) by (S, E) product makes an
-(L, S) temporary per batch element), so that each formula's temporaries stay small: ~0.5 MB at (128 × 128) per head
-× 8 heads. Bigger ones cost page faults: glibc hands big freed blocks back to the OS, so the next call touches fresh
-pages (measured: ~1,000 faults and ~2.5 ms per attention forward on (4, 8, 128, 128) chunks, none on (1, 8, ...)).
-A row-wise op (core_ndim ≤ 1: Linear, LayerNorm, cross-entropy) makes temporaries no bigger than its inputs and gets
-one chunk per thread."""
+(L, S) temporary per batch element), so that each formula's temporaries stay a chunk's size, not the batch's: at
+(1, 8, 2048, 32) one head per chunk. Not smaller: two threads taking turns at the GIL between many small NumPy calls
+run each chunk slower (measured on 2 cores: SDPA at (8, 8, 128, 32) fwd+bwd 7.2 ms in 4 + 16 chunks of ~32M, 6.3 ms in
+2 + 6 of ~128M). A row-wise op (core_ndim ≤ 1: Linear, LayerNorm, cross-entropy) makes temporaries no bigger than
+its inputs and gets one chunk per thread."""
 
 _threads = None              # how many threads; None: the default, found on first use
 _pool = None                 # the worker threads, made on first use
@@ -269,7 +269,7 @@ def run(task, count):
         _busy.release()
 
 
-def map_batch(fn, *arrays, core_ndim=2, grads_for=None, **whole):
+def map_batch(fn, *arrays, core_ndim=2, grads_for=None, one_chunk_per_thread=False, **whole):
     """``fn(*arrays, **whole)``, computed chunk by chunk along the batch on several threads (see the module
     docstring). Returns what fn returns: one array or a tuple (None entries pass through).
 
@@ -278,12 +278,15 @@ def map_batch(fn, *arrays, core_ndim=2, grads_for=None, **whole):
         arrays: arrays (or None) cut along the batch; ``core_ndim``: their core axes, one int for all or one per array.
         grads_for: None, or the inputs (among ``arrays`` or the keyword arrays, by identity; None allowed) that fn's
             outputs are the gradients of, in order.
+        one_chunk_per_thread: for a matrix op whose temporaries are small anyway (flash attention's tiles): as
+            few chunks as threads, as for a row-wise op, instead of chunks of CHUNK_WORK.
         whole: keyword arguments given whole to every chunk.
     """
     cores = core_ndim if isinstance(core_ndim, tuple) else (core_ndim,) * len(arrays)
     total = work(arrays, cores) if BACKEND == "numpy" else 0
-    matrix_op = max(cores, default=0) >= 2                    # quadratic temporaries: small chunks (CHUNK_WORK)
-    parts = chunks(batch_shape(arrays, cores), total, chunk_work=None if matrix_op else max(total, 1)) if total >= MIN_WORK else ()
+    matrix_op = max(cores, default=0) >= 2 and not one_chunk_per_thread   # (L, S) temporaries: CHUNK_WORK chunks
+    parts = () if total < MIN_WORK else chunks(batch_shape(arrays, cores), total,
+                                               chunk_work=None if matrix_op else max(total, 1))
     if len(parts) <= 1:
         if get_num_threads() > 1 or BACKEND != "numpy":
             return fn(*arrays, **whole)              # one piece: the BLAS threads its products as it sees fit

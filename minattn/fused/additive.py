@@ -9,13 +9,13 @@ from autograd import ops, parallel
 from autograd.backend import xp
 from autograd.function import Function
 from autograd.ops import sum_to
-from minattn.fused.softmax import softmax_backward, softmax_forward, softmax_reference
+from minattn.fused.softmax import softmax_, softmax_backward_, softmax_reference
 
 
 def additive_attention_forward(qp, kp, v, mask, bias, dropout_mask, w_v):
     """The forward of AdditiveAttentionFunction on whole arrays: returns (O, F, P)."""
     features = xp.tanh(qp[..., :, None, :] + kp[..., None, :, :])   # (..., L, S, H)  F = tanh(Z)
-    p = softmax_forward(features @ w_v, mask, bias)                  # (..., L, S)     P = softmax(F w_v + bias)
+    p = softmax_(features @ w_v, mask, bias)                         # (..., L, S)     P = softmax(F w_v + bias)
     p_used = p if dropout_mask is None else p * dropout_mask         # (..., L, S)     P ∘ D
     return p_used @ v, features, p                                   # (..., L, Ev)    O = (P ∘ D) V
 
@@ -29,8 +29,8 @@ def additive_attention_backward(qp, kp, v, p, dropout_mask, features, grad_o, w_
         return None, None, dv, None
     dp = grad_o @ v.swapaxes(-1, -2)                                 # (..., L, S)     dO Vᵀ
     if dropout_mask is not None:
-        dp = dp * dropout_mask                                       # (..., L, S)     dP = (dO Vᵀ) ∘ D
-    da = sum_to(softmax_backward(p, dp), features.shape[:-1])        # (..., L, S)     dA = P ∘ (dP − Σ dP ∘ P),
+        dp *= dropout_mask                                           # (..., L, S)     dP = (dO Vᵀ) ∘ D
+    da = sum_to(softmax_backward_(p, dp), features.shape[:-1])       # (..., L, S)     dA = P ∘ (dP − Σ dP ∘ P),
                                                                      #                 summed to F's batch axes
     dw_v = xp.tensordot(da, features, axes=da.ndim) if needs[3] else None   # (H,)  dw_v = Σ_{..., i, j} dA_ij F_ij
     dz = da[..., None] * w_v * (1 - features * features)             # (..., L, S, H)  dZ = dA w_v ∘ (1 − F²)

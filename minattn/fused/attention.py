@@ -2,13 +2,13 @@
 from autograd import ops, parallel
 from autograd.function import Function
 from autograd.ops import sum_to
-from minattn.fused.softmax import softmax_backward, softmax_forward, softmax_reference
+from minattn.fused.softmax import softmax_, softmax_backward_, softmax_reference
 
 
 def attention_forward(q, k, v, mask, bias, dropout_mask, scale):
     """The forward of ScaledDotProductAttentionFunction on whole arrays: returns (O, P)."""
     a = (q * scale) @ k.swapaxes(-1, -2)                           # (..., L, S)   A = Q̃ Kᵀ
-    p = softmax_forward(a, mask, bias)                             # (..., L, S)   P = softmax(A + bias), masked
+    p = softmax_(a, mask, bias)                                    # (..., L, S)   P = softmax(A + bias), masked
     p_used = p if dropout_mask is None else p * dropout_mask       # (..., L, S)   P ∘ D
     return p_used @ v, p                                           # (..., L, Ev)  O = (P ∘ D) V;  P for the backward
 
@@ -20,9 +20,11 @@ def attention_backward(q, k, v, p, dropout_mask, grad_o, scale):
     dp = grad_o @ v.swapaxes(-1, -2)                               # (..., L, S)   dO Vᵀ
     if dropout_mask is not None:
         dp *= dropout_mask                                         # (..., L, S)   dP = (dO Vᵀ) ∘ D
-    da = softmax_backward(p, dp)                                   # (..., L, S)   dA = P ∘ (dP − Σ_j dP ∘ P)
-    dq = (da @ k) * scale                                          # (..., L, E)   dQ = dA K · scale
-    dk = (da.swapaxes(-1, -2) @ q) * scale                         # (..., S, E)   dK = dAᵀ Q · scale
+    da = softmax_backward_(p, dp)                                  # (..., L, S)   dA = P ∘ (dP − Σ_j dP ∘ P)
+    dq = da @ k                                                    # (..., L, E)
+    dq *= scale                                                    # (..., L, E)   dQ = dA K · scale
+    dk = da.swapaxes(-1, -2) @ q                                   # (..., S, E)
+    dk *= scale                                                    # (..., S, E)   dK = dAᵀ Q · scale
     return sum_to(dq, q.shape), sum_to(dk, k.shape), sum_to(dv, v.shape)   # each summed over its broadcast axes
 
 

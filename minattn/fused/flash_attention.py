@@ -80,7 +80,8 @@ class FlashAttentionFunction(Function):
     def forward(ctx, q, k, v, mask=None, bias=None, scale=1.0, causal=False, block_size=128, dropout_p=0.0):
         _check_options(block_size, dropout_p)
         options = dict(scale=scale, causal=causal, block_size=block_size)
-        out, lse = parallel.map_batch(flash_forward, q, k, v, mask, bias, **options)   # (..., L, Ev), (..., L, 1)
+        out, lse = parallel.map_batch(flash_forward, q, k, v, mask, bias, one_chunk_per_thread=True,
+                                      **options)                  # (..., L, Ev), (..., L, 1); tiles: small memory
         ctx.save_for_backward(q, k, v, out, lse, mask, bias)
         ctx.options = options
         return out
@@ -89,7 +90,7 @@ class FlashAttentionFunction(Function):
     def backward(ctx, grad_o):
         q, k, v, out, lse, mask, bias = ctx.saved
         return parallel.map_batch(flash_backward, q, k, v, out, lse, mask, bias, grad_o, grads_for=(q, k, v),
-                                  **ctx.options)                  # (..., L, E), (..., S, E), (..., S, Ev)
+                                  one_chunk_per_thread=True, **ctx.options)   # (..., L, E), (..., S, E), (..., S, Ev)
 
 
 def flash_forward(q, k, v, mask, bias, scale, causal, block_size):

@@ -2,41 +2,57 @@
 from autograd import ops, parallel
 from autograd.backend import rowdot, rowmax, rowsum, xp
 from autograd.function import Function
+from autograd.ops import sum_to
 from autograd.tensor import Tensor
 
 
-def softmax_forward(a, mask=None, bias=None, axis=-1):
-    """P = softmax(A + bias) over ``axis``, entries where ``mask`` is False excluded (see SoftmaxFunction).
+def softmax_(a, mask=None, bias=None):
+    """P = softmax(A + bias) over the last axis, entries where ``mask`` is False excluded, computed IN PLACE in the
+    scores ``a`` (PyTorch's trailing underscore) — for scores a formula has just made and needs no more. With a mask
+    or bias, P lives in the new array that adding them makes, and ``a`` is left as it was.
 
     Masked scores become -inf BEFORE the max is subtracted, so they get weight exactly 0. A row with every entry
     masked has max -inf; we subtract 0 there instead (never -inf - -inf = NaN) and divide by 1 instead of 0, so the
     row's weights are all 0: it attends to nothing. (d2l fills with -1e6 instead, which makes such a row uniform:
     it silently attends to padding. PyTorch's SDPA has returned zeros here since 2024.)
     """
-    if a.shape[axis] == 0:                                            # no keys at all: nothing to weigh
-        return xp.zeros(a.shape, dtype=a.dtype)
+    if a.shape[-1] == 0:                                              # no keys at all: nothing to weigh
+        return a
     if bias is not None:
         a = a + bias                                                  # (..., L, S)
     if mask is not None:
         a = xp.where(mask, a, -xp.inf)                                # (..., L, S)  masked → −∞
-    last = axis in (-1, a.ndim - 1)
-    a = a if last else xp.moveaxis(a, axis, -1)                       # (..., L, S)  the softmax axis last (a view)
     m = rowmax(a)                                                     # (..., L, 1)  m_i = max_k A_ik
-    e = a - xp.where(xp.isfinite(m), m, 0)                            # (..., L, S)  fully masked row: shift by 0
-    xp.exp(e, out=e)                                                  # (..., L, S)  exp(A_ik − m_i), 0 where masked
-    z = rowsum(e)                                                     # (..., L, 1)  Σ_k exp(A_ik − m_i)
-    e /= xp.where(z == 0, 1, z)                                       # (..., L, S)  P (a fully masked row: / 1)
-    return e if last else xp.moveaxis(e, -1, axis)
+    a -= xp.where(xp.isfinite(m), m, 0)                               # (..., L, S)  fully masked row: shift by 0
+    xp.exp(a, out=a)                                                  # (..., L, S)  exp(A_ik − m_i), 0 where masked
+    z = rowsum(a)                                                     # (..., L, 1)  Σ_k exp(A_ik − m_i)
+    a /= xp.where(z == 0, 1, z)                                       # (..., L, S)  P (a fully masked row: / 1)
+    return a
+
+
+def softmax_forward(a, mask=None, bias=None, axis=-1):
+    """``softmax_`` over ``axis`` on a copy of ``a``, which is left as it was."""
+    axis = axis - a.ndim if axis >= 0 else axis                       # from the right: one axis in every operand
+
+    def last(x):                                                      # x with the softmax axis last (a view)
+        return None if x is None else xp.moveaxis(x.reshape((1,) * max(a.ndim - x.ndim, 0) + x.shape), axis, -1)
+
+    p = softmax_(last(a).copy(), last(mask), last(bias))              # (..., L, S)  the softmax axis last
+    return xp.moveaxis(p, -1, axis)
+
+
+def softmax_backward_(p, grad_p):
+    """dA = P ∘ (dP − Σ_j dP_ij P_ij) over the last axis, computed IN PLACE in ``grad_p`` — for a dP a formula has
+    just made (never the gradient the engine passed in: it may reach other inputs too). See SoftmaxFunction."""
+    grad_p -= rowdot(grad_p, p)                                       # (..., L, S)  dP − Σ_j dP_ij P_ij
+    grad_p *= p                                                       # (..., L, S)  dA
+    return grad_p
 
 
 def softmax_backward(p, grad_p, axis=-1):
-    """dA = P ∘ (dP − Σ_j dP_ij P_ij): the vector-Jacobian product of softmax (see SoftmaxFunction)."""
-    last = axis in (-1, p.ndim - 1)
-    if not last:
-        p, grad_p = xp.moveaxis(p, axis, -1), xp.moveaxis(grad_p, axis, -1)   # (..., L, S)  the softmax axis last
-    da = grad_p - rowdot(grad_p, p)                                   # (..., L, S)  dP − Σ_j dP_ij P_ij
-    da *= p                                                           # (..., L, S)  dA
-    return da if last else xp.moveaxis(da, -1, axis)
+    """``softmax_backward_`` over ``axis`` on a copy of ``grad_p``, which is left as it was."""
+    da = softmax_backward_(xp.moveaxis(p, axis, -1), xp.moveaxis(grad_p, axis, -1).copy())   # (..., L, S)
+    return xp.moveaxis(da, -1, axis)
 
 
 class SoftmaxFunction(Function):
@@ -50,8 +66,9 @@ class SoftmaxFunction(Function):
     constants (no gradient).
     Shapes:   A, P, dP, dA: (..., L, S) for L queries and S keys (any axis; the last by default); mask, bias:
               broadcastable to A.
-    The arrays a formula line makes are its own: exp, the division and the product with P work in them in place
-    (``out=e``, ``/=``, ``*=``), as chainer's softmax does — the same values, one (..., L, S) array fewer each.
+    ``softmax_`` and ``softmax_backward_`` compute in the scores' / dP's own memory (``-=``, ``exp(out=)``, ``/=``,
+    ``*=``), as chainer's softmax does: the fused attentions call them on the arrays their formulas have just made.
+    ``softmax_forward`` / ``softmax_backward`` do the same on a copy, for an input that is not ours to change.
     Source:   Bridle 1990; d2l §11.3; chainer functions/activation/softmax.py
     """
 
@@ -60,13 +77,14 @@ class SoftmaxFunction(Function):
         core = a.ndim - axis % a.ndim                                 # the softmax axis and those after it
         p = parallel.map_batch(softmax_forward, a, mask, bias, core_ndim=core, axis=axis)
         ctx.save_for_backward(p)
-        ctx.axis, ctx.core = axis, core
+        ctx.axis, ctx.core, ctx.shape = axis, core, a.shape
         return p
 
     @staticmethod
     def backward(ctx, grad_p):
         (p,) = ctx.saved
-        return parallel.map_batch(softmax_backward, p, grad_p, core_ndim=ctx.core, axis=ctx.axis)
+        da = parallel.map_batch(softmax_backward, p, grad_p, core_ndim=ctx.core, axis=ctx.axis)   # (..., L, S)
+        return sum_to(da, ctx.shape)                       # summed over the axes a mask or bias broadcast A along
 
 
 def softmax_reference(a, mask=None, bias=None, axis=-1):

@@ -8,7 +8,7 @@ from autograd import ops, parallel
 from autograd.backend import xp
 from autograd.function import Function
 from autograd.ops import sum_to
-from minattn.fused.softmax import softmax_backward, softmax_forward, softmax_reference
+from minattn.fused.softmax import softmax_, softmax_backward_, softmax_reference
 
 
 def mix_heads(weight, x):
@@ -39,11 +39,11 @@ def talking_heads_forward(q, k, v, mask, attn_bias, dropout_mask, w_l, w_w, b_l,
     logits = (q * scale) @ k.swapaxes(-1, -2)                                # (..., h_k, L, S)  J = (Q · scale) Kᵀ
     mixed = mix_heads(w_l, logits)                                           # (..., h, L, S)    P_l J
     if b_l is not None:
-        mixed = mixed + b_l[:, None, None]                                   # (..., h, L, S)    A = P_l J + b_l
-    weights = softmax_forward(mixed, mask, attn_bias)                        # (..., h, L, S)    W = softmax(A + bias)
+        mixed += b_l[:, None, None]                                          # (..., h, L, S)    A = P_l J + b_l
+    weights = softmax_(mixed, mask, attn_bias)                               # (..., h, L, S)    W = softmax(A + bias)
     value_weights = mix_heads(w_w, weights)                                  # (..., h_v, L, S)  P_w W
     if b_w is not None:
-        value_weights = value_weights + b_w[:, None, None]                   # (..., h_v, L, S)  P_w W + b_w
+        value_weights += b_w[:, None, None]                                  # (..., h_v, L, S)  P_w W + b_w
     post_mask = _post_mask(mask, attn_bias)                                  # (..., 1, L, S) or None
     if post_mask is not None:
         value_weights = xp.where(post_mask, value_weights, 0)                # (..., h_v, L, S)  U: masked keys → 0
@@ -58,12 +58,12 @@ def talking_heads_backward(q, k, v, mask, attn_bias, dropout_mask, logits, weigh
     dv = used.swapaxes(-1, -2) @ grad_o                                      # (..., h_v, S, d_v)  dV = (U ∘ D)ᵀ dO
     d_u = grad_o @ v.swapaxes(-1, -2)                                        # (..., h_v, L, S)  dO Vᵀ
     if dropout_mask is not None:
-        d_u = d_u * dropout_mask                                             # (..., h_v, L, S)  (dO Vᵀ) ∘ D
+        d_u *= dropout_mask                                                  # (..., h_v, L, S)  (dO Vᵀ) ∘ D
     post_mask = _post_mask(mask, attn_bias)                                  # (..., 1, L, S) or None
     if post_mask is not None:
         d_u = xp.where(post_mask, d_u, 0)                                    # (..., h_v, L, S)  dU: re-mask passes none
     d_w_w, d_weights = mix_heads_backward(w_w, weights, d_u)                 # (h_v, h), (..., h, L, S)  dP_w, dW
-    d_mixed = softmax_backward(weights, d_weights)                           # (..., h, L, S)  dA = W ∘ (dW − Σ dW ∘ W)
+    d_mixed = softmax_backward_(weights, d_weights)                          # (..., h, L, S)  dA = W ∘ (dW − Σ dW ∘ W)
     d_w_l, d_logits = mix_heads_backward(w_l, logits, d_mixed)               # (h, h_k), (..., h_k, L, S)  dP_l, dJ
     dq = (d_logits @ k) * scale                                              # (..., h_k, L, d_k)  dQ = dJ K · scale
     dk = (d_logits.swapaxes(-1, -2) @ q) * scale                             # (..., h_k, S, d_k)  dK = dJᵀ Q · scale
