@@ -170,3 +170,23 @@ def test_clip_grad_norm_float32_stays_float32(rng):
 
 def test_clip_grad_norm_without_grads_returns_zero():
     assert clip_grad_norm_([Parameter(backend.asarray(np.zeros(2)))], 1.0) == 0.0
+
+
+def test_adam_flat_step_equals_the_per_parameter_step_bit_for_bit(rng):
+    """Adam updates its flat buffers in one pass when every parameter has a gradient; the per-parameter loop (taken
+    when some gradient is missing) does the same arithmetic, element by element: the two give the same bits."""
+    shapes = [(3, 4), (5,), (2, 2, 2)]
+    data = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    results = []
+    for flat in (True, False):
+        params = [Parameter(backend.asarray(d.copy())) for d in data]
+        opt = Adam(params, lr=0.01, weight_decay=0.1)
+        if not flat:
+            opt._m_flat = None                       # the loop over parameters (m, v stay views of the buffers)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = backend.asarray(g)
+            opt.step()
+        results.append([host(p).tobytes() for p in params] + [host(m).tobytes() for m in opt.m])
+    assert results[0] == results[1]
