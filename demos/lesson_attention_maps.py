@@ -113,7 +113,8 @@ def main(argv=None):
     for task in ("copy", "reverse"):
         config = copy_task.parse_args(["--task", task, "--steps", str(args.steps), "--max-len", "8",
                                        "--layers", str(args.layers), "--num-heads", str(args.num_heads),
-                                       "--seed", str(args.seed), "--warmup", "100", "--no-progress"])
+                                       "--seed", str(args.seed), "--schedule", "noam", "--warmup", "100",
+                                       "--lr-factor", "0.5", "--target", "0", "--eval-every", "0", "--no-progress"])
         manual_seed(args.seed)
         model = copy_task.build_model(config)
         copy_task.train(model, config, progress=False)

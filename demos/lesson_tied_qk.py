@@ -137,7 +137,8 @@ def train_predecessor(share_qk, seed, args, cyclic=True, num_heads=1):
 def copy_accuracy(share_qk, seed, args):
     """Exact match of a small copy-task model trained for --copy-steps."""
     argv = ["--seed", str(seed), "--steps", str(args.copy_steps), "--max-len", "8", "--layers", "1",
-            "--warmup", "100", "--no-progress"] + (["--share-qk"] if share_qk else [])
+            "--schedule", "noam", "--warmup", "100", "--lr-factor", "0.5", "--target", "0", "--eval-every", "0",
+            "--no-progress"] + (["--share-qk"] if share_qk else [])
     config = copy_task.parse_args(argv)
     manual_seed(seed)
     model = copy_task.build_model(config)

@@ -49,8 +49,8 @@ def run_args(args, task, attention, seed):
     return copy_task.parse_args([
         "--task", task, "--attention", attention, "--seed", str(seed), "--steps", str(args.steps),
         "--embed-dim", str(args.embed_dim), "--num-heads", str(args.num_heads), "--ffn-hidden", str(2 * args.embed_dim),
-        "--layers", str(args.layers), "--max-len", str(args.max_len), "--warmup", "100", "--lr-factor", str(args.lr_factor),
-        "--no-progress"])
+        "--layers", str(args.layers), "--max-len", str(args.max_len), "--schedule", "noam", "--warmup", "100",
+        "--lr-factor", str(args.lr_factor), "--target", "0", "--eval-every", "0", "--no-progress"])
 
 
 def one_run(args, task, attention, seed):
@@ -65,7 +65,8 @@ def one_run(args, task, attention, seed):
             exact = copy_task.evaluate(model, config, eval_size=args.eval_size)[0]
             checks.append((step, exact))
 
-    steps, losses, seconds = copy_task.train(model, config, progress=False, callback=check)
+    run = copy_task.train(model, config, progress=False, callback=check)
+    steps, losses, seconds = run.steps, run.losses, run.seconds
     reached = next((step for step, exact in checks if exact >= 0.99), None)
     final = copy_task.evaluate(model, config, eval_size=1000)[0]
     return {"task": task, "attention": attention, "seed": seed, "steps": steps, "losses": losses,
@@ -106,7 +107,7 @@ def plot(out, runs, tasks):
                 ax.plot(rs[0]["steps"], curve, color=colors[attention], alpha=0.25)
             mean = [statistics.mean(points) for points in zip(*curves)]
             ax.plot(rs[0]["steps"], mean, color=colors[attention], label=f"{attention} (mean of {len(rs)} seeds)")
-        ax.set(yscale="log", xlabel="step", ylabel="training loss, moving average", title=f"{task} task")
+        ax.set(yscale="log", xlabel="step", ylabel="training loss, centred rolling median", title=f"{task} task")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -9,7 +9,7 @@ import pytest
 
 from autograd import backend
 from demos import copy_task
-from minattn import Transformer, manual_seed
+from minattn import Transformer, checkpoint, manual_seed
 from tests.test_resume import assert_bit_identical, assert_same_model, run_training, step_losses  # noqa: F401
 
 pytestmark = pytest.mark.skipif(backend.BACKEND != "numpy",
@@ -40,10 +40,27 @@ def test_another_seed_other_losses(tmp_path, step_losses):
 
 
 def test_evaluation_is_deterministic_and_reads_no_training_stream(tmp_path):
+    """Greedy decoding and the teacher-forced check run in eval mode (dropout ON in this model's training): they draw
+    nothing from the random streams and give the model back in training mode."""
     _, _, model, args = run_training(["--steps", "5", "--out", str(tmp_path / "a")])
+    assert model.training
+    before = checkpoint.rng_state()
     a = copy_task.evaluate(model, args, eval_size=20)[:2]
     b = copy_task.evaluate(model, args, eval_size=20)[:2]
-    assert a == b
+    c = copy_task.held_out_exact_match(model, copy_task.held_out_batches(args))
+    assert a == b and 0 <= c <= 1
+    assert checkpoint.rng_state() == before and model.training
+
+
+def test_held_out_checks_leave_the_training_unchanged(tmp_path, step_losses):
+    """A check every 2 steps (dropout on) gives the same loss at every step as no checks at all."""
+    checked, logged_a, model_a, _ = run_training(["--steps", "12", "--eval-every", "2", "--target", "0",
+                                                  "--out", str(tmp_path / "a")], step_losses)
+    unchecked, logged_b, model_b, _ = run_training(["--steps", "12", "--eval-every", "0", "--target", "0",
+                                                    "--out", str(tmp_path / "b")], step_losses)
+    assert_bit_identical(checked, unchecked)
+    assert logged_a == logged_b
+    assert_same_model(model_a, model_b)
 
 
 def test_manual_seed_gives_the_same_parameters():

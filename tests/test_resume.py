@@ -43,16 +43,22 @@ def step_losses(monkeypatch):
     return recorded
 
 
-def run_training(argv, step_losses=None):
-    """What main() does up to training: seed, build, train. Returns (per-step losses, logged (steps, losses), model,
+def train_run(argv, step_losses=None):
+    """What main() does up to training: seed, build, train. Returns (per-step losses, copy_task.TrainResult, model,
     args); the per-step losses are those recorded during THIS call."""
     args = copy_task.parse_args(SMALL + argv)
     manual_seed(args.seed)
     model = copy_task.build_model(args)
     start = len(step_losses) if step_losses is not None else 0
-    steps, losses, _ = copy_task.train(model, args, progress=False)
+    run = copy_task.train(model, args, progress=False)
     mine = list(step_losses[start:]) if step_losses is not None else None
-    return mine, (steps, losses), model, args
+    return mine, run, model, args
+
+
+def run_training(argv, step_losses=None):
+    """``train_run``, with the logged curve as (steps, losses) instead of the whole TrainResult."""
+    mine, run, model, args = train_run(argv, step_losses)
+    return mine, (run.steps, run.losses), model, args
 
 
 def assert_bit_identical(a, b):
@@ -166,8 +172,58 @@ def test_command_line_resume_writes_the_whole_loss_curve(tmp_path):
     copy_task.main(SMALL + ["--steps", "12", "--out", str(tmp_path / "part"), "--checkpoint-every", "12"])
     resumed = copy_task.main(SMALL + ["--steps", "25", "--out", str(tmp_path / "part"),
                                       "--resume", str(tmp_path / "part" / "checkpoint.npz")])
-    curve = json.loads((tmp_path / "part" / "metrics.json").read_text())["loss_curve"]
+    written = json.loads((tmp_path / "part" / "metrics.json").read_text())
+    curve = written["loss_curve"]
     keep = [i for i, s in enumerate(curve["step"]) if s in full["loss_curve"]["step"]]
     assert [curve["loss"][i] for i in keep] == full["loss_curve"]["loss"]
     assert resumed["final_loss"] == full["final_loss"]
     assert resumed["exact_match"] == full["exact_match"] and resumed["token_accuracy"] == full["token_accuracy"]
+    assert written["eval_curve"] == full["eval_curve"] and full["eval_curve"]["step"] == [20]   # the check at 20
+    assert resumed["steps"] == full["steps"] == 25
+
+
+# --- early stopping: the checks and whether the target was reached are part of the state ---------------------------
+EARLY = ["--min-len", "1", "--max-len", "2", "--schedule", "constant", "--lr", "1e-2", "--eval-every", "4",
+         "--eval-size", "20", "--target", "0.4"]
+"""A run that reaches its (low) target between steps 30 and 80: at step 48 (held-out exact match 8 of 20)."""
+
+
+def test_resumed_run_stops_at_the_target_where_the_uninterrupted_run_stops(tmp_path, step_losses):
+    full, full_run, full_model, _ = train_run(EARLY + ["--steps", "80", "--out", str(tmp_path / "full")],
+                                              step_losses)
+    stop = full_run.steps_to_target
+    assert stop is not None and 30 < stop < 80 and len(full) == stop and full_run.steps[-1] == stop
+    first, _, _, _ = train_run(EARLY + ["--steps", "30", "--out", str(tmp_path / "a"), "--checkpoint-every", "10"],
+                               step_losses)
+    rest, run, model, _ = train_run(EARLY + ["--steps", "80", "--out", str(tmp_path / "b"),
+                                             "--resume", str(tmp_path / "a" / "checkpoint.npz")], step_losses)
+    assert len(rest) == stop - 30 and run.steps_to_target == stop
+    assert_bit_identical(first + rest, full)
+    assert (run.steps, run.losses) == (full_run.steps, full_run.losses)
+    for key in ("step", "exact_match"):
+        assert run.eval_curve[key] == full_run.eval_curve[key]
+    assert_same_model(model, full_model)
+
+
+def test_resuming_a_run_that_reached_its_target(tmp_path, step_losses):
+    """The checkpoint written at the stopping step (48: off the 10-step grid of the loss curve) resumes to no further
+    step with the same --target, and continues like an uninterrupted run with --target 0, which never stops early."""
+    first, stopped, stopped_model, _ = train_run(EARLY + ["--steps", "80", "--out", str(tmp_path / "a"),
+                                                          "--checkpoint-every", "100"], step_losses)
+    stop = stopped.steps_to_target
+    ckpt = str(tmp_path / "a" / "checkpoint.npz")
+    assert stop is not None and checkpoint.read_extra(ckpt)["step"] == stop < 80
+    none, run, model, _ = train_run(EARLY + ["--steps", "80", "--out", str(tmp_path / "b"), "--resume", ckpt],
+                                    step_losses)
+    assert none == [] and run.steps_to_target == stop and (run.steps, run.losses) == (stopped.steps, stopped.losses)
+    assert run.eval_curve == stopped.eval_curve
+    assert_same_model(model, stopped_model)
+
+    rest, more, _, _ = train_run(EARLY + ["--steps", "80", "--out", str(tmp_path / "c"), "--resume", ckpt,
+                                          "--target", "0"], step_losses)
+    full, never, _, _ = train_run(EARLY + ["--steps", "80", "--out", str(tmp_path / "d"), "--target", "0"],
+                                  step_losses)
+    assert len(rest) == 80 - stop and more.steps_to_target is None and never.steps_to_target is None
+    assert_bit_identical(first + rest, full)            # the checks did not change the training
+    assert (more.steps, more.losses) == (never.steps, never.losses)
+    assert more.eval_curve["exact_match"] == never.eval_curve["exact_match"]
