@@ -1,6 +1,6 @@
 """Layer normalisation over the last axis, fused, with the backward written by hand; and its twin from primitives."""
 from autograd import parallel
-from autograd.backend import rowsum, xp
+from autograd.backend import colsum, rowsum, xp
 from autograd.function import Function
 
 
@@ -18,8 +18,8 @@ def layer_norm_forward(x, residual, gamma, beta, eps):
 def layer_norm_backward(x_hat, rstd, grad_y, gamma):
     """The backward of LayerNormFunction on whole arrays: returns (dx, dγ, dβ)."""
     rows_g = grad_y.reshape(-1, grad_y.shape[-1])                     # (N, D)
-    d_gamma = (rows_g * x_hat.reshape(rows_g.shape)).sum(axis=0)      # (D,)     dγ = Σ_rows dy ∘ x̂
-    d_beta = rows_g.sum(axis=0)                                       # (D,)     dβ = Σ_rows dy
+    d_gamma = colsum(rows_g * x_hat.reshape(rows_g.shape))           # (D,)     dγ = Σ_rows dy ∘ x̂
+    d_beta = colsum(rows_g)                                           # (D,)     dβ = Σ_rows dy
     d_xhat = grad_y * gamma                                           # (..., D) dx̂ = dy ∘ γ
     size = x_hat.shape[-1]                                            # D
     dx = rstd * (d_xhat - rowsum(d_xhat) / size - x_hat * (rowsum(d_xhat * x_hat) / size))   # (..., D)
