@@ -142,8 +142,8 @@ class Bench:
 
 
 def measure_peak(size, timing, threads, torch_cases=None):
-    """float32 (size × size) @ (size × size), NumPy with its BLAS on ``threads`` threads (minattn holds it to one
-    while it splits work itself: autograd/parallel.py) and PyTorch, in alternation: {lib: (ms, GFLOP/s, repeats)}."""
+    """float32 (size × size) @ (size × size), NumPy with its BLAS on ``threads`` threads (as many as minattn computes
+    on: autograd/parallel.py) and PyTorch, in alternation: {lib: (ms, GFLOP/s, repeats)}."""
     from threadpoolctl import threadpool_limits
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
