@@ -39,6 +39,7 @@ from autograd import Tensor, backend, gradcheck, parallel
 from minattn.fused.additive import AdditiveAttentionFunction
 from minattn.fused.attention import ScaledDotProductAttentionFunction
 from minattn.fused.cross_entropy import CrossEntropyFunction
+from minattn.fused.embedding import EmbeddingFunction
 from minattn.fused.flash_attention import FlashAttentionFunction
 from minattn.fused.layer_norm import LayerNormFunction
 from minattn.fused.linear import LinearFunction
@@ -1238,7 +1239,15 @@ def _flash(name, rng, dtype):
     return (lambda *t: FlashAttentionFunction.apply(*t, **kw)), arrays, None
 
 
+def _embedding(name, rng, dtype):
+    """EmbeddingFunction: ids (6, 5) over 4 tokens, repeats certain (its backward's positions are cut; each chunk's
+    dW is added up)."""
+    ids = dev(rng.integers(0, 4, (6, 5)))
+    return (lambda w: EmbeddingFunction.apply(w, ids=ids)), [rng.standard_normal((4, 3))], None
+
+
 CASES = {
+    "embedding": (_embedding, ["ids (6, 5) with repeats"]),
     "sdpa": (_sdpa, ["no mask", "bool mask with a fully masked row", "float bias (L, S)",
                      "float bias (B, 1, L, S) and mask (L, S)", "dropout_mask", "k, v batch 1 (broadcast over B)",
                      "k, v shared by the heads (B, 1, S, E)", "q batch 1, k, v batch 4", "batch (1, 5): cut along the heads", "q without batch axes"]),
