@@ -71,6 +71,11 @@ class MultiHeadAttention(Module):
             weights are never materialised, so ``attention_weights`` stays None, and attention dropout is not
             supported (dropout > 0 raises ValueError).
         block_size: rows per tile of the "flash" path (queries and keys alike); ignored by "dense".
+        num_kv_heads (h_kv): key/value heads, shared by groups of h / h_kv query heads (grouped-query attention,
+            Ainslie et al. 2023; h_kv = 1 is multi-query attention, Shazeer 2019). Default None: h_kv = h, plain
+            multi-head attention. W_k and W_v project to h_kv·d_h; query head i uses key/value head i // (h / h_kv),
+            the order of Llama's ``repeat_kv``. K and V are never repeated (``functional.group_heads``): the
+            backward sums the gradients of the query heads that share them. A key/value cache shrinks by h / h_kv.
     Shapes (batch first):
         query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E)
         ``attention_weights`` after a call: (B, h, L, S), before dropout, kept for plotting (detached and read-only:
@@ -83,14 +88,16 @@ class MultiHeadAttention(Module):
         ``scaled_dot_product_attention``, True = TAKE PART — invert a ported mask with ``~``; and its 3-D mask is
         (B·h, L, S), which this layer refuses (pass (B, h, L, S)).
     Raises:
-        ValueError if embed_dim % num_heads != 0 (naming both), or for inputs / masks of the wrong shape, for an
-        unknown attn_impl (listing the valid ones), or for attn_impl="flash" with dropout > 0;
+        ValueError if embed_dim % num_heads != 0 (naming both), if num_kv_heads does not divide num_heads (or is
+        set with share_qk), or for inputs / masks of the wrong shape, for an unknown attn_impl (listing the valid
+        ones), or for attn_impl="flash" with dropout > 0;
         TypeError for inputs of another dtype.
-    Source: Vaswani et al. 2017, §3.2.2; d2l §11.5; the "flash" path: Dao et al. 2022, Dao 2023.
+    Source: Vaswani et al. 2017, §3.2.2; d2l §11.5; the "flash" path: Dao et al. 2022, Dao 2023; num_kv_heads:
+    Ainslie et al. 2023 (GQA), Shazeer 2019 (MQA).
     """
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None, qk_norm=False,
-                 share_qk=False, dtype=None, attn_impl="dense", block_size=128):
+                 share_qk=False, dtype=None, attn_impl="dense", block_size=128, num_kv_heads=None):
         super().__init__()
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {', '.join(map(repr, ATTN_IMPLS))}; got {attn_impl!r}")
@@ -103,15 +110,24 @@ class MultiHeadAttention(Module):
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, int) or num_kv_heads <= 0 \
+                or num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads={num_kv_heads!r} must be a positive int dividing num_heads={num_heads}")
+        if share_qk and num_kv_heads != num_heads:
+            raise ValueError(f"share_qk ties W_k to W_q, so keys need num_heads={num_heads} heads; got "
+                             f"num_kv_heads={num_kv_heads}")
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.num_kv_heads = num_kv_heads
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self.dropout = dropout
         self.attn_impl, self.block_size = attn_impl, block_size
         self.W_q = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype)
         if share_qk and self.kdim != embed_dim:
             raise ValueError(f"share_qk needs keys of width embed_dim={embed_dim}; got kdim={self.kdim}")
-        self.W_k = None if share_qk else Linear(self.kdim, embed_dim, bias=bias, dtype=dtype)
-        self.W_v = Linear(self.vdim, embed_dim, bias=bias, dtype=dtype)
+        kv_dim = num_kv_heads * self.head_dim                          # h_kv·d_h (embed_dim without GQA)
+        self.W_k = None if share_qk else Linear(self.kdim, kv_dim, bias=bias, dtype=dtype)
+        self.W_v = Linear(self.vdim, kv_dim, bias=bias, dtype=dtype)
         self.W_o = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype)
         self.q_norm = LayerNorm(self.head_dim, dtype=dtype) if qk_norm else None
         # tied Q/K keeps its symmetry only if q and k are normalised alike: one LayerNorm for both
@@ -137,24 +153,30 @@ class MultiHeadAttention(Module):
                                            valid_lens, attn_mask, is_causal and not causal_tiles)   # -> (B, h, L, S)
         q = transpose_qkv(self.W_q(query), self.num_heads)             # (B, h, L, d_h)
         W_k = self.W_q if self.W_k is None else self.W_k               # tied Q/K: the same projection
-        k = transpose_qkv(W_k(key), self.num_heads)                    # (B, h, S, d_h)
-        v = transpose_qkv(self.W_v(value), self.num_heads)             # (B, h, S, d_h)
+        k = transpose_qkv(W_k(key), self.num_kv_heads)                 # (B, h_kv, S, d_h)
+        v = transpose_qkv(self.W_v(value), self.num_kv_heads)          # (B, h_kv, S, d_h)
+        grouped = self.num_kv_heads != self.num_heads
         if self.q_norm is not None:
             k_norm = self.q_norm if self.k_norm is None else self.k_norm
             q, k = self.q_norm(q), k_norm(k)                           # (B, h, L, d_h), (B, h, S, d_h)
         if flash:
-            out = FlashAttentionFunction.apply(q, k, v, mask=mask, bias=bias, scale=1 / math.sqrt(self.head_dim),
-                                               causal=causal_tiles, block_size=self.block_size,
+            q_g, k_g, v_g, mask_g, bias_g = F.group_heads(q, k, v, mask, bias) if grouped else (q, k, v, mask, bias)
+            out = FlashAttentionFunction.apply(q_g, k_g, v_g, mask=mask_g, bias=bias_g,
+                                               scale=1 / math.sqrt(self.head_dim), causal=causal_tiles,
+                                               block_size=self.block_size,
                                                dropout_p=self.dropout if self.training else 0.0)   # (B, h, L, d_h)
+            out = F.ungroup_heads(out) if grouped else out             # (B, h, L, d_h)
             self.attention_weights = None                              # never materialised
             return self.W_o(transpose_output(out))                     # (B, L, E)
         out, weights = F.attention(q, k, v, mask, bias, dropout_p=self.dropout if self.training else 0.0,
-                                   need_weights=True)                  # (B, h, L, d_h), (B, h, L, S)
+                                   need_weights=True, enable_gqa=grouped)   # (B, h, L, d_h), (B, h, L, S)
         self.attention_weights = weights                               # (B, h, L, S)
         return self.W_o(transpose_output(out))                         # (B, L, E)
 
     def extra_repr(self):
         """The constructor arguments, for repr."""
-        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, "
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+                + (f"num_kv_heads={self.num_kv_heads}, " if self.num_kv_heads != self.num_heads else "")
+                + f"dropout={self.dropout}, "
                 f"qk_norm={self.q_norm is not None}, share_qk={self.W_k is None}"
                 + (f", attn_impl={self.attn_impl!r}, block_size={self.block_size}" if self.attn_impl != "dense" else ""))

@@ -205,24 +205,65 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduct
     return loss.reshape(out_shape) if reduction == "none" else loss
 
 
-def _check_qkv(query, key, value):
-    """Validate (..., L, E), (..., S, E), (..., S, Ev) float tensors of one dtype; return (batch shape, L, S)."""
+def _check_qkv(query, key, value, enable_gqa=False):
+    """Validate (..., L, E), (..., S, E), (..., S, Ev) float tensors of one dtype; return (batch shape, L, S).
+
+    With ``enable_gqa``: query (..., Hq, L, E), key and value (..., Hkv, S, ·) with Hkv dividing Hq (ValueError
+    otherwise); the batch returned has Hq heads (what a mask must broadcast to).
+    """
     for name, t in (("query", query), ("key", key), ("value", value)):
         _check_float(t, name)
-        if t.ndim < 2:
-            raise ValueError(f"{name} must have at least 2 axes (..., length, features); got shape {t.shape}")
+        if t.ndim < (3 if enable_gqa else 2):
+            axes = "(..., heads, length, features)" if enable_gqa else "(..., length, features)"
+            raise ValueError(f"{name} must have at least {3 if enable_gqa else 2} axes {axes}; got shape {t.shape}")
         if t.dtype != query.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}")
     if query.shape[-1] != key.shape[-1]:
         raise ValueError(f"query {query.shape} and key {key.shape} must share the last axis E")
     if key.shape[-2] != value.shape[-2]:
         raise ValueError(f"key {key.shape} and value {value.shape} must share the length axis S")
-    batch = masks.batch_shape(query, key, value)
+    if not enable_gqa:
+        return masks.batch_shape(query, key, value), query.shape[-2], key.shape[-2]
+    heads, kv_heads = query.shape[-3], key.shape[-3]
+    if value.shape[-3] != kv_heads or heads % kv_heads:
+        raise ValueError(f"enable_gqa: key and value need the same number of heads, dividing query's; got query "
+                         f"{query.shape}, key {key.shape}, value {value.shape}")
+    batch = masks.broadcast_shape(query.shape[:-2], key.shape[:-3] + (heads,), value.shape[:-3] + (heads,))
     return batch, query.shape[-2], key.shape[-2]
 
 
+def group_heads(query, key, value, mask=None, bias=None):
+    """Grouped-query attention without repeating K and V: query (..., Hq, L, E) → (..., Hkv, G, L, E), key and value
+    (..., Hkv, S, ·) → (..., Hkv, 1, S, ·), G = Hq / Hkv; a mask or bias with Hq heads → (..., Hkv, G, L, S).
+
+    Query head i = kv · G + g uses key/value head kv = i // G — the order of Llama's ``repeat_kv`` and of PyTorch's
+    ``repeat_interleave`` under ``enable_gqa``. K and V now broadcast over the G query heads of their group, so the
+    attention's backward sums those heads' gradients (sum_to): dK_kv = Σ_g dA_(kv,g)ᵀ Q_(kv,g) · scale and
+    dV_kv = Σ_g P_(kv,g)ᵀ dO_(kv,g) — never a repeated copy of K or V, forward or backward.
+    Every reshape is a view (a Reshape node for tensors). ``ungroup_heads`` undoes it on the output.
+    """
+    kv_heads = key.shape[-3]
+    group = query.shape[-3] // kv_heads
+    q = query.reshape(query.shape[:-3] + (kv_heads, group) + query.shape[-2:])      # (..., Hkv, G, L, E)
+    k = key.reshape(key.shape[:-3] + (kv_heads, 1) + key.shape[-2:])               # (..., Hkv, 1, S, E)
+    v = value.reshape(value.shape[:-3] + (kv_heads, 1) + value.shape[-2:])         # (..., Hkv, 1, S, Ev)
+
+    def split(m):                                                                   # (..., Hq | 1, L, S)
+        if m is None or m.ndim < 3:
+            return m
+        heads = (kv_heads, group) if m.shape[-3] != 1 else (1, 1)
+        return m.reshape(m.shape[:-3] + heads + m.shape[-2:])                      # (..., Hkv | 1, G | 1, L, S)
+
+    return q, k, v, split(mask), split(bias)
+
+
+def ungroup_heads(x):
+    """(..., Hkv, G, L, ·) → (..., Hkv · G, L, ·): the query heads back in one axis (``group_heads``' order)."""
+    return x.reshape(x.shape[:-4] + (x.shape[-4] * x.shape[-3],) + x.shape[-2:])
+
+
 def scaled_dot_product_attention(query, key, value, attn_mask=None, *, is_causal=False, scale=None, dropout_p=0.0,
-                                 need_weights=False):
+                                 enable_gqa=False, need_weights=False):
     """softmax(Q Kᵀ · scale + mask) V, with PyTorch's semantics (``torch.nn.functional.scaled_dot_product_attention``).
 
     Args:
@@ -232,6 +273,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, *, is_causal
         scale: defaults to 1/√E.
         dropout_p: dropout on the attention weights (applied whenever > 0, as PyTorch's functional form does:
             pass 0.0 in evaluation).
+        enable_gqa: grouped-query attention, as PyTorch ≥ 2.5: query (..., Hq, L, E), key and value (..., Hkv, S, ·)
+            with Hkv dividing Hq; query head i attends with key/value head i // (Hq / Hkv) (``group_heads``: K and V
+            are never repeated; their gradients sum over the query heads of their group). Hkv = 1 is multi-query
+            attention. attn_mask broadcasts to (..., Hq, L, S).
         need_weights: minattn's addition: also return the attention weights (..., L, S) as a detached,
             read-only tensor (a copy on CuPy).
         Everything after attn_mask is keyword-only: PyTorch's positional order is (attn_mask, dropout_p, is_causal,
@@ -241,25 +286,34 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, *, is_causal
         weights 0 and gradient 0 — no NaN.
     Raises:
         TypeError for non-tensor or mismatched-dtype inputs or a bad mask dtype; ValueError for mismatched sizes,
-        a mask that does not broadcast, or attn_mask with is_causal.
-    Source: Vaswani et al. 2017, eq. 1. Backward: ``ScaledDotProductAttentionFunction``.
+        a mask that does not broadcast, attn_mask with is_causal, or (enable_gqa) head counts that do not divide.
+    Source: Vaswani et al. 2017, eq. 1; Ainslie et al. 2023 (GQA), Shazeer 2019 (MQA). Backward:
+    ``ScaledDotProductAttentionFunction``.
     """
     if not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    batch, num_queries, num_keys = _check_qkv(query, key, value)
+    batch, num_queries, num_keys = _check_qkv(query, key, value, enable_gqa)
     mask, bias = masks.split_attn_mask(attn_mask, is_causal, num_queries, num_keys, query.dtype)
     masks.check_batch_broadcast(mask if mask is not None else bias, batch + (num_queries, num_keys), "attn_mask")
-    return attention(query, key, value, mask, bias, scale, dropout_p, need_weights)
+    return attention(query, key, value, mask, bias, scale, dropout_p, need_weights, enable_gqa)
 
 
-def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0, need_weights=False):
+def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0, need_weights=False,
+              enable_gqa=False):
     """The unchecked core shared by ``scaled_dot_product_attention`` and the attention layers.
 
     ``mask`` (bool, True = take part) and ``bias`` (float) are arrays already validated by the caller. With
     ``need_weights`` it also returns the attention weights (..., L, S) as they were BEFORE dropout, read-only
     (``backend.read_only``: on NumPy the very array the backward reads, no copy and no way to edit it; a copy on
-    CuPy).
+    CuPy). ``enable_gqa``: key and value may have fewer heads than the query (axis -3, already checked to divide
+    it): grouped-query attention through ``group_heads``.
     """
+    if enable_gqa and key.shape[-3] not in (1, query.shape[-3]):                    # (one K/V head broadcasts)
+        q, k, v, mask, bias = group_heads(query, key, value, mask, bias)
+        result = attention(q, k, v, mask, bias, scale, dropout_p, need_weights)
+        if need_weights:
+            return ungroup_heads(result[0]), ungroup_heads(result[1])
+        return ungroup_heads(result)
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     drop = None
     if dropout_p > 0:
