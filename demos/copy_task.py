@@ -110,6 +110,9 @@ def parse_args(argv=None):
                    help="talking heads: value heads h_v (default: --num-heads)")
     p.add_argument("--talking-heads-bias", action="store_true", help="talking heads: biases on P_l and P_w (timm)")
     p.add_argument("--qk-norm", action="store_true", help="mha: LayerNorm on q and k per head (timm, ViT-22B)")
+    p.add_argument("--num-kv-heads", type=positive_int, default=None,
+                   help="mha: key/value heads, each shared by --num-heads / N query heads (grouped-query attention; "
+                        "1: multi-query) (default: --num-heads)")
     p.add_argument("--share-qk", action="store_true", help="tie W_k to W_q in every attention layer")
     p.add_argument("--ffn-hidden", type=positive_int, default=128, help="hidden width of the feed-forward sublayers")
     p.add_argument("--layers", type=positive_int, default=2, help="encoder layers = decoder layers")
@@ -146,6 +149,8 @@ def parse_args(argv=None):
         p.error("--qk-norm is an option of --attention mha")
     if args.embed_dim % args.num_heads:
         p.error(f"--embed-dim {args.embed_dim} must be divisible by --num-heads {args.num_heads}")
+    if args.num_kv_heads is not None and (args.attention != "mha" or args.num_heads % args.num_kv_heads):
+        p.error(f"--num-kv-heads {args.num_kv_heads} needs --attention mha and must divide --num-heads {args.num_heads}")
     if not 0 <= args.target <= 1:
         p.error(f"--target must be in [0, 1], got {args.target}")
     if args.target > 0 and args.eval_every == 0:
@@ -166,7 +171,7 @@ def attention_options(args):
     if args.attention == "talking-heads":
         return {"num_heads_qk": args.num_heads_qk, "num_heads_v": args.num_heads_v, "bias": args.talking_heads_bias,
                 "share_qk": args.share_qk}
-    return {"qk_norm": args.qk_norm, "share_qk": args.share_qk}
+    return {"qk_norm": args.qk_norm, "share_qk": args.share_qk, "num_kv_heads": args.num_kv_heads}
 
 
 def to_device(batch):

@@ -82,3 +82,19 @@ def test_padding(tmp_path):
     assert n["top_k_rows_moved_by_new_tokens"] > 0 and n["padding_mask_rows_moved_by_new_tokens"] == 0
     assert n["claim_holds"]
     assert pngs(out) == {"padding_weights.png"}
+
+
+def test_gqa(tmp_path, capsys):
+    """lesson_gqa on a tiny budget: h_kv = 4, 2, 1 for h = 4; the KV cache halves with h_kv, the parameters fall by
+    2 (h − h_kv) d_h E per attention layer (6 of them), accuracies are fractions, and the figure is written."""
+    from demos import lesson_gqa
+    out = tmp_path / "gqa"
+    n = lesson_gqa.main(["--num-heads", "4", "--steps", "3", "--eval-size", "20", "--out", str(out)])
+    rows = n["rows"]
+    assert [r["num_kv_heads"] for r in rows] == [4, 2, 1]
+    assert [r["kv_cache_vs_mha"] for r in rows] == [1.0, 0.5, 0.25]
+    assert [r["parameters_saved"] for r in rows] == [6 * 2 * (4 - h_kv) * 16 * 64 + 6 * 2 * (4 - h_kv) * 16
+                                                     for h_kv in (4, 2, 1)]          # weights and biases of W_k, W_v
+    assert all(0 <= r["exact_match"] <= 1 for r in rows)
+    assert "KV cache" in capsys.readouterr().out
+    assert pngs(out) == {"gqa.png"}
