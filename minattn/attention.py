@@ -76,6 +76,9 @@ class MultiHeadAttention(Module):
             multi-head attention. W_k and W_v project to h_kv·d_h; query head i uses key/value head i // (h / h_kv),
             the order of Llama's ``repeat_kv``. K and V are never repeated (``functional.group_heads``): the
             backward sums the gradients of the query heads that share them. A key/value cache shrinks by h / h_kv.
+        rope: rotary position embedding on q and k of every head, after the split into heads (and after qk_norm):
+            ``functional.rotary_embedding`` with ``rope_base`` and the rotate_half layout; query and key positions
+            both start at 0. Scores then depend on positions only through their difference (Su et al. 2021).
     Shapes (batch first):
         query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E)
         ``attention_weights`` after a call: (B, h, L, S), before dropout, kept for plotting (detached and read-only:
@@ -97,7 +100,8 @@ class MultiHeadAttention(Module):
     """
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None, qk_norm=False,
-                 share_qk=False, dtype=None, attn_impl="dense", block_size=128, num_kv_heads=None):
+                 share_qk=False, dtype=None, attn_impl="dense", block_size=128, num_kv_heads=None, rope=False,
+                 rope_base=10000.0):
         super().__init__()
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {', '.join(map(repr, ATTN_IMPLS))}; got {attn_impl!r}")
@@ -110,6 +114,9 @@ class MultiHeadAttention(Module):
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if rope and (embed_dim // max(num_heads, 1)) % 2:
+            raise ValueError(f"rope rotates channel pairs: the head dimension embed_dim / num_heads = "
+                             f"{embed_dim // num_heads} must be even")
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, int) or num_kv_heads <= 0 \
                 or num_heads % num_kv_heads:
@@ -119,6 +126,7 @@ class MultiHeadAttention(Module):
                              f"num_kv_heads={num_kv_heads}")
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.num_kv_heads = num_kv_heads
+        self.rope, self.rope_base = bool(rope), rope_base
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self.dropout = dropout
         self.attn_impl, self.block_size = attn_impl, block_size
@@ -158,7 +166,10 @@ class MultiHeadAttention(Module):
         grouped = self.num_kv_heads != self.num_heads
         if self.q_norm is not None:
             k_norm = self.q_norm if self.k_norm is None else self.k_norm
-            q, k = self.q_norm(q), k_norm(k)                           # (B, h, L, d_h), (B, h, S, d_h)
+            q, k = self.q_norm(q), k_norm(k)                           # (B, h, L, d_h), (B, h_kv, S, d_h)
+        if self.rope:
+            q = F.rotary_embedding(q, base=self.rope_base)             # (B, h, L, d_h)     q_m turned by m θ
+            k = F.rotary_embedding(k, base=self.rope_base)             # (B, h_kv, S, d_h)  k_n turned by n θ
         if flash:
             q_g, k_g, v_g, mask_g, bias_g = F.group_heads(q, k, v, mask, bias) if grouped else (q, k, v, mask, bias)
             out = FlashAttentionFunction.apply(q_g, k_g, v_g, mask=mask_g, bias=bias_g,
@@ -179,4 +190,5 @@ class MultiHeadAttention(Module):
                 + (f"num_kv_heads={self.num_kv_heads}, " if self.num_kv_heads != self.num_heads else "")
                 + f"dropout={self.dropout}, "
                 f"qk_norm={self.q_norm is not None}, share_qk={self.W_k is None}"
+                + (f", rope=True, rope_base={self.rope_base:g}" if self.rope else "")
                 + (f", attn_impl={self.attn_impl!r}, block_size={self.block_size}" if self.attn_impl != "dense" else ""))

@@ -4,6 +4,7 @@ Each function validates its arguments (shapes, dtypes, ranges) before computing 
 Function from ``minattn/fused/`` whose backward is written by hand.
 """
 import math
+import numbers
 
 from autograd import backend, ops
 from autograd.backend import read_only, xp
@@ -15,6 +16,7 @@ from minattn.fused.embedding import EmbeddingFunction
 from minattn.fused.flash_attention import FlashAttentionFunction
 from minattn.fused.layer_norm import LayerNormFunction
 from minattn.fused.linear import LinearFunction
+from minattn.fused.rotary import RotaryEmbeddingFunction
 from minattn.fused.softmax import SoftmaxFunction
 
 
@@ -324,6 +326,31 @@ def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0
     if need_weights:
         return out, Tensor(read_only(ctx.attention_weights))                        # (..., L, Ev), (..., L, S)
     return out
+
+
+def rotary_embedding(x, offset=0, base=10000.0, interleaved=False):
+    """Rotary position embedding (RoPE): channel pair i of the vector at position m turned by the angle
+    (offset + m)·base^(−2i/d), so that (rotated q_m) · (rotated k_n) depends on the positions only through n − m.
+
+    Args:
+        x: (..., L, d) float, d even; L positions along the second-to-last axis (e.g. q or k split into heads,
+            (B, h, L, d_h)).
+        offset: the position of the first row (an int ≥ 0): for cached decoding, the number of tokens before.
+        base: 10000 by default (Su et al. 2021; Llama 3 uses 500000).
+        interleaved: pair channels (2i, 2i+1) as Llama, gpt-fast and llm.c do; default False pairs (i, i + d/2) as
+            GPT-NeoX, litgpt and Hugging Face do ("rotate_half"). One fixed permutation apart.
+    Returns (..., L, d), same dtype. Raises TypeError for a non-float or non-tensor x, ValueError for an odd last axis,
+    fewer than 2 axes, a negative or non-integer offset, or a base that is not a positive finite number.
+    Source: Su et al. 2021 (RoFormer). Backward: ``RotaryEmbeddingFunction`` (the inverse rotation).
+    """
+    _check_float(x, "x")
+    if x.ndim < 2 or x.shape[-1] % 2:
+        raise ValueError(f"rotary_embedding: x must be (..., L, d) with d even; got shape {x.shape}")
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
+        raise ValueError(f"rotary_embedding: offset must be an int >= 0, got {offset!r}")
+    if isinstance(base, bool) or not isinstance(base, numbers.Real) or not 0 < base < math.inf:
+        raise ValueError(f"rotary_embedding: base must be a positive finite number, got {base!r}")
+    return RotaryEmbeddingFunction.apply(x, offset=int(offset), base=float(base), interleaved=bool(interleaved))
 
 
 def flash_attention(query, key, value, attn_mask=None, *, is_causal=False, scale=None, block_size=128,
