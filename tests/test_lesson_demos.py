@@ -98,3 +98,15 @@ def test_gqa(tmp_path, capsys):
     assert all(0 <= r["exact_match"] <= 1 for r in rows)
     assert "KV cache" in capsys.readouterr().out
     assert pngs(out) == {"gqa.png"}
+
+
+def test_rotary(tmp_path, capsys):
+    """lesson_rotary: RoPE's scores are constant along every diagonal (< 1e-10), the added table's are not (> 1e-3),
+    rotation keeps norms, and the figure is written."""
+    from demos import lesson_rotary
+    out = tmp_path / "rotary"
+    n = lesson_rotary.main(["--length", "24", "--head-dim", "8", "--out", str(out)])
+    assert n["rope_max_change_along_diagonals"] < SMALL < LARGE < n["added_max_change_along_diagonals"]
+    assert n["rope_norm_change"] < SMALL and n["claim_holds"]
+    assert "verdict" in capsys.readouterr().out
+    assert pngs(out) == {"rotary.png"}
