@@ -79,6 +79,8 @@ class MultiHeadAttention(Module):
         rope: rotary position embedding on q and k of every head, after the split into heads (and after qk_norm):
             ``functional.rotary_embedding`` with ``rope_base`` and the rotate_half layout; query and key positions
             both start at 0. Scores then depend on positions only through their difference (Su et al. 2021).
+        alibi: ALiBi (Press et al. 2022): −m_h · |i − j| added to head h's scores, with the paper's geometric slopes
+            m_h (``functional.alibi_slopes``) — position as a linear distance penalty, no position vectors at all.
     Shapes (batch first):
         query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E)
         ``attention_weights`` after a call: (B, h, L, S), before dropout, kept for plotting (detached and read-only:
@@ -101,7 +103,7 @@ class MultiHeadAttention(Module):
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None, qk_norm=False,
                  share_qk=False, dtype=None, attn_impl="dense", block_size=128, num_kv_heads=None, rope=False,
-                 rope_base=10000.0):
+                 rope_base=10000.0, alibi=False):
         super().__init__()
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {', '.join(map(repr, ATTN_IMPLS))}; got {attn_impl!r}")
@@ -126,7 +128,7 @@ class MultiHeadAttention(Module):
                              f"num_kv_heads={num_kv_heads}")
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.num_kv_heads = num_kv_heads
-        self.rope, self.rope_base = bool(rope), rope_base
+        self.rope, self.rope_base, self.alibi = bool(rope), rope_base, bool(alibi)
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self.dropout = dropout
         self.attn_impl, self.block_size = attn_impl, block_size
@@ -159,6 +161,9 @@ class MultiHeadAttention(Module):
         causal_tiles = flash and is_causal and attn_mask is None   # flash applies is_causal per tile: no (L, S) mask
         mask, bias = masks.attention_masks(batch, self.num_heads, num_queries, num_keys, query.dtype,
                                            valid_lens, attn_mask, is_causal and not causal_tiles)   # -> (B, h, L, S)
+        if self.alibi:
+            slopes = masks.alibi_bias(self.num_heads, num_queries, num_keys, query.dtype)   # (h, L, S)
+            bias = slopes if bias is None else bias + slopes                              # (B | 1, h, L, S)
         q = transpose_qkv(self.W_q(query), self.num_heads)             # (B, h, L, d_h)
         W_k = self.W_q if self.W_k is None else self.W_k               # tied Q/K: the same projection
         k = transpose_qkv(W_k(key), self.num_kv_heads)                 # (B, h_kv, S, d_h)
@@ -191,4 +196,5 @@ class MultiHeadAttention(Module):
                 + f"dropout={self.dropout}, "
                 f"qk_norm={self.q_norm is not None}, share_qk={self.W_k is None}"
                 + (f", rope=True, rope_base={self.rope_base:g}" if self.rope else "")
+                + (", alibi=True" if self.alibi else "")
                 + (f", attn_impl={self.attn_impl!r}, block_size={self.block_size}" if self.attn_impl != "dense" else ""))

@@ -353,6 +353,13 @@ def rotary_embedding(x, offset=0, base=10000.0, interleaved=False):
     return RotaryEmbeddingFunction.apply(x, offset=int(offset), base=float(base), interleaved=bool(interleaved))
 
 
+def alibi_slopes(num_heads):
+    """ALiBi's per-head slopes (Press et al. 2022): 2^(−8/n), 2^(−16/n), … for n heads a power of two; the paper's
+    rule otherwise. A host NumPy float64 array (num_heads,); see ``masks.alibi_slopes`` (ValueError for a bad
+    num_heads)."""
+    return masks.alibi_slopes(num_heads)
+
+
 def flash_attention(query, key, value, attn_mask=None, *, is_causal=False, scale=None, block_size=128,
                     dropout_p=0.0):
     """softmax(Q Kᵀ · scale + mask) V computed tile by tile (FlashAttention): ``scaled_dot_product_attention``'s result

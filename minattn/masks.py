@@ -135,3 +135,33 @@ def attention_masks(batch, num_heads, num_queries, num_keys, dtype, valid_lens=N
             raise ValueError(f"valid_lens has {lens_mask.shape[0]} rows but the batch has {batch} sequences")
         lens_mask = lens_mask[:, None]                                      # (B, 1, 1|L, S)
     return combine(lens_mask, mask), bias
+
+
+def alibi_slopes(num_heads):
+    """ALiBi's per-head slopes m_h (Press et al. 2022, §3): a geometric sequence starting at 2^(−8/n) with that ratio,
+    for n = num_heads a power of two (8 heads: 1/2, 1/4, …, 1/256). For other head counts, as the paper's reference
+    code does: the slopes of the nearest power of two below, n', then every other slope of 2n' for the rest.
+
+    Returns a host NumPy float64 array (num_heads,). Raises ValueError unless num_heads is a positive int.
+    """
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"alibi_slopes: num_heads must be a positive int, got {num_heads!r}")
+
+    def power_of_two(n):                                               # n = 2^k: 2^(−8/n), 2^(−16/n), …
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    below = 2 ** (num_heads.bit_length() - 1)                         # the largest power of two ≤ num_heads
+    slopes = power_of_two(below) + power_of_two(2 * below)[0::2][:num_heads - below]
+    return backend.host.asarray(slopes, dtype=backend.float64)
+
+
+def alibi_bias(num_heads, num_queries, num_keys, dtype):
+    """ALiBi's additive bias (num_heads, L, S): −m_h · |i − j| for query i and key j, both counted from 0 — a
+    penalty growing linearly with the distance, steeper for some heads than others (``alibi_slopes``). With a causal
+    mask only j ≤ i remain, where it is the paper's −m_h (i − j). A constant: added to the scores, no gradient.
+    Source: Press et al. 2022, "Train Short, Test Long", eq. in §3.
+    """
+    slopes = xp.asarray(alibi_slopes(num_heads), dtype=dtype)                          # (h,)
+    distance = xp.abs(xp.arange(num_queries)[:, None] - xp.arange(num_keys)[None, :])   # (L, S)
+    return -slopes[:, None, None] * distance.astype(dtype)                             # (h, L, S)
