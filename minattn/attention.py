@@ -81,6 +81,8 @@ class MultiHeadAttention(Module):
             both start at 0. Scores then depend on positions only through their difference (Su et al. 2021).
         alibi: ALiBi (Press et al. 2022): −m_h · |i − j| added to head h's scores, with the paper's geometric slopes
             m_h (``functional.alibi_slopes``) — position as a linear distance penalty, no position vectors at all.
+        window: a sliding window for causal calls (``is_causal=True``): query i sees keys i − window + 1 … i
+            (Mistral). The flash path skips the tiles outside it. A call that is not causal raises ValueError.
     Shapes (batch first):
         query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E)
         ``attention_weights`` after a call: (B, h, L, S), before dropout, kept for plotting (detached and read-only:
@@ -103,7 +105,7 @@ class MultiHeadAttention(Module):
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None, qk_norm=False,
                  share_qk=False, dtype=None, attn_impl="dense", block_size=128, num_kv_heads=None, rope=False,
-                 rope_base=10000.0, alibi=False):
+                 rope_base=10000.0, alibi=False, window=None):
         super().__init__()
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {', '.join(map(repr, ATTN_IMPLS))}; got {attn_impl!r}")
@@ -128,7 +130,8 @@ class MultiHeadAttention(Module):
                              f"num_kv_heads={num_kv_heads}")
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.num_kv_heads = num_kv_heads
-        self.rope, self.rope_base, self.alibi = bool(rope), rope_base, bool(alibi)
+        masks.check_window(window, is_causal=True)
+        self.rope, self.rope_base, self.alibi, self.window = bool(rope), rope_base, bool(alibi), window
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self.dropout = dropout
         self.attn_impl, self.block_size = attn_impl, block_size
@@ -156,11 +159,15 @@ class MultiHeadAttention(Module):
             (B, L, E). A query with every key masked gets 0 from attention (then W_o's bias).
         """
         check_qkv(query, key, value, self.embed_dim, self.kdim, self.vdim)
+        if self.window is not None and not is_causal:
+            raise ValueError(f"this layer has a sliding window ({self.window}), which is causal: call it with "
+                             "is_causal=True")
         batch, num_queries, num_keys = query.shape[0], query.shape[1], key.shape[1]
         flash = self.attn_impl == "flash"
         causal_tiles = flash and is_causal and attn_mask is None   # flash applies is_causal per tile: no (L, S) mask
         mask, bias = masks.attention_masks(batch, self.num_heads, num_queries, num_keys, query.dtype,
-                                           valid_lens, attn_mask, is_causal and not causal_tiles)   # -> (B, h, L, S)
+                                           valid_lens, attn_mask, is_causal and not causal_tiles,
+                                           self.window if is_causal else None)   # -> (B, h, L, S)
         if self.alibi:
             slopes = masks.alibi_bias(self.num_heads, num_queries, num_keys, query.dtype)   # (h, L, S)
             bias = slopes if bias is None else bias + slopes                              # (B | 1, h, L, S)
@@ -179,7 +186,7 @@ class MultiHeadAttention(Module):
             q_g, k_g, v_g, mask_g, bias_g = F.group_heads(q, k, v, mask, bias) if grouped else (q, k, v, mask, bias)
             out = FlashAttentionFunction.apply(q_g, k_g, v_g, mask=mask_g, bias=bias_g,
                                                scale=1 / math.sqrt(self.head_dim), causal=causal_tiles,
-                                               block_size=self.block_size,
+                                               block_size=self.block_size, window=self.window if causal_tiles else None,
                                                dropout_p=self.dropout if self.training else 0.0)   # (B, h, L, d_h)
             out = F.ungroup_heads(out) if grouped else out             # (B, h, L, d_h)
             self.attention_weights = None                              # never materialised
@@ -197,4 +204,5 @@ class MultiHeadAttention(Module):
                 f"qk_norm={self.q_norm is not None}, share_qk={self.W_k is None}"
                 + (f", rope=True, rope_base={self.rope_base:g}" if self.rope else "")
                 + (", alibi=True" if self.alibi else "")
+                + (f", window={self.window}" if self.window is not None else "")
                 + (f", attn_impl={self.attn_impl!r}, block_size={self.block_size}" if self.attn_impl != "dense" else ""))

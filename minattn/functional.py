@@ -265,7 +265,7 @@ def ungroup_heads(x):
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, *, is_causal=False, scale=None, dropout_p=0.0,
-                                 enable_gqa=False, need_weights=False):
+                                 enable_gqa=False, window=None, need_weights=False):
     """softmax(Q Kᵀ · scale + mask) V, with PyTorch's semantics (``torch.nn.functional.scaled_dot_product_attention``).
 
     Args:
@@ -279,6 +279,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, *, is_causal
             with Hkv dividing Hq; query head i attends with key/value head i // (Hq / Hkv) (``group_heads``: K and V
             are never repeated; their gradients sum over the query heads of their group). Hkv = 1 is multi-query
             attention. attn_mask broadcasts to (..., Hq, L, S).
+        window: with is_causal=True, a sliding window: query i sees keys i − window + 1 … i (Mistral; Child et al.
+            2019's local attention). minattn's addition.
         need_weights: minattn's addition: also return the attention weights (..., L, S) as a detached,
             read-only tensor (a copy on CuPy).
         Everything after attn_mask is keyword-only: PyTorch's positional order is (attn_mask, dropout_p, is_causal,
@@ -294,8 +296,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, *, is_causal
     """
     if not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    masks.check_window(window, is_causal)
     batch, num_queries, num_keys = _check_qkv(query, key, value, enable_gqa)
-    mask, bias = masks.split_attn_mask(attn_mask, is_causal, num_queries, num_keys, query.dtype)
+    mask, bias = masks.split_attn_mask(attn_mask, is_causal, num_queries, num_keys, query.dtype, window)
     masks.check_batch_broadcast(mask if mask is not None else bias, batch + (num_queries, num_keys), "attn_mask")
     return attention(query, key, value, mask, bias, scale, dropout_p, need_weights, enable_gqa)
 
@@ -361,7 +364,7 @@ def alibi_slopes(num_heads):
 
 
 def flash_attention(query, key, value, attn_mask=None, *, is_causal=False, scale=None, block_size=128,
-                    dropout_p=0.0):
+                    dropout_p=0.0, window=None):
     """softmax(Q Kᵀ · scale + mask) V computed tile by tile (FlashAttention): ``scaled_dot_product_attention``'s result
     without ever holding the (..., L, S) matrix of weights.
 
@@ -376,6 +379,8 @@ def flash_attention(query, key, value, attn_mask=None, *, is_causal=False, scale
             saved logsumexp; the result does not depend on it (up to the order of floating-point additions).
         dropout_p: must be 0 — FlashAttention's fused dropout is not implemented here (use
             ``scaled_dot_product_attention`` for attention dropout).
+        window: with is_causal=True, a sliding window (query i sees keys i − window + 1 … i); tiles outside every
+            row's window are skipped, so the work grows as L·window instead of L².
         Everything after attn_mask is keyword-only, as in ``scaled_dot_product_attention``.
     Returns:
         (..., L, Ev). A query whose keys are all masked gets output 0 and gradient 0 — no NaN. There is no
@@ -388,6 +393,7 @@ def flash_attention(query, key, value, attn_mask=None, *, is_causal=False, scale
     if dropout_p != 0:
         raise ValueError(f"flash_attention does not support dropout (got dropout_p={dropout_p}); "
                          "use scaled_dot_product_attention for attention dropout")
+    masks.check_window(window, is_causal)
     batch, num_queries, num_keys = _check_qkv(query, key, value)
     # is_causal is applied per tile by FlashAttentionFunction, so no (L, S) causal mask is built here; it reaches
     # split_attn_mask only together with an attn_mask, where split_attn_mask raises (not both).
@@ -396,5 +402,5 @@ def flash_attention(query, key, value, attn_mask=None, *, is_causal=False, scale
     masks.check_batch_broadcast(mask if mask is not None else bias, batch + (num_queries, num_keys), "attn_mask")
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     return FlashAttentionFunction.apply(query, key, value, mask=mask, bias=bias, scale=scale, causal=is_causal,
-                                        block_size=block_size)                   # (..., L, Ev)
+                                        block_size=block_size, window=window)                   # (..., L, Ev)
 

@@ -20,9 +20,12 @@ def batch_shape(*arrays):
     return broadcast_shape(*(x.shape[:-2] for x in arrays if x is not None))
 
 
-def causal_mask(num_queries, num_keys):
-    """Boolean (L, S), True where key j <= query i (top-left aligned, as PyTorch's ``is_causal``)."""
-    return xp.tril(xp.ones((num_queries, num_keys), dtype=bool))
+def causal_mask(num_queries, num_keys, window=None):
+    """Boolean (L, S), True where key j <= query i (top-left aligned, as PyTorch's ``is_causal``); with a sliding
+    ``window`` w also i − j < w: query i sees keys i − w + 1 … i (Mistral's sliding-window attention)."""
+    offset = xp.arange(num_queries)[:, None] - xp.arange(num_keys)[None, :]          # (L, S)  i − j
+    near = offset >= 0
+    return near if window is None else near & (offset < window)
 
 
 def valid_lens_mask(valid_lens, num_queries, num_keys):
@@ -50,7 +53,18 @@ def valid_lens_mask(valid_lens, num_queries, num_keys):
     return xp.arange(num_keys)[None, None, :] < lens[:, :, None]          # (B, 1 or L, S)
 
 
-def split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype):
+def check_window(window, is_causal):
+    """ValueError unless ``window`` is None, or a positive int given with is_causal=True (a sliding window is a
+    causal mask that also forgets keys ``window`` or more positions back)."""
+    if window is None:
+        return
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive int (keys i - window + 1 .. i), got {window!r}")
+    if not is_causal:
+        raise ValueError(f"window={window} is a sliding CAUSAL window: pass is_causal=True with it")
+
+
+def split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype, window=None):
     """Normalise PyTorch-style ``attn_mask`` / ``is_causal`` into ``(mask, bias)`` for the softmax.
 
     Returns:
@@ -62,7 +76,7 @@ def split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype):
         tensor that requires grad (it would silently get none).
     """
     if attn_mask is None:
-        return (causal_mask(num_queries, num_keys) if is_causal else None), None
+        return (causal_mask(num_queries, num_keys, window) if is_causal else None), None
     if is_causal:
         raise ValueError("pass either attn_mask or is_causal=True, not both (PyTorch raises the same)")
     if getattr(attn_mask, "requires_grad", False):
@@ -106,7 +120,7 @@ def check_batch_broadcast(array, scores_shape, name):
 
 
 def attention_masks(batch, num_heads, num_queries, num_keys, dtype, valid_lens=None, attn_mask=None,
-                    is_causal=False):
+                    is_causal=False, window=None):
     """Every way of masking a multi-head layer, merged into one ``(mask, bias)`` for scores (B, h, L, S).
 
     Args:
@@ -126,7 +140,7 @@ def attention_masks(batch, num_heads, num_queries, num_keys, dtype, valid_lens=N
     if attn_mask is not None and getattr(attn_mask, "ndim", 0) == 3:
         raise ValueError(f"a 3-D attn_mask {tuple(attn_mask.shape)} is ambiguous here (per head, or PyTorch's "
                          "(B·h, L, S)?): pass (L, S), (B, 1, L, S) or (B, h, L, S)")
-    mask, bias = split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype)
+    mask, bias = split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype, window)
     check_batch_broadcast(mask if mask is not None else bias, scores_shape, "attn_mask")
     lens_mask = None
     if valid_lens is not None:

@@ -62,6 +62,9 @@ class FlashAttentionFunction(Function):
               ``causal``: query r sees keys c <= r (top-left). A tile entirely above the diagonal (its first key
               after its last query) is skipped in both passes — no arithmetic at all, about half the work when L = S;
               a tile across the diagonal gets the comparison rows >= cols as its mask.
+              ``window`` w (with causal; sliding-window attention, Mistral): query r sees keys r − w + 1 … r. A tile
+              entirely before every row's window is skipped too — at L ≫ w the work falls from O(L²) to O(L·w) —
+              and a tile across the window's edge gets rows − cols < w as its mask.
     Fully masked rows: every score of the row is −∞, so m stays −∞ and ℓ = 0. We subtract 0 instead of m = −∞ (never
               −∞ − (−∞) = NaN), divide by 1 instead of ℓ = 0 (O = 0), and save L = −∞ (log of an empty sum); the
               backward again subtracts 0 for such a row, so P = exp(−∞) = 0 and every gradient through it is 0. Output
@@ -77,9 +80,10 @@ class FlashAttentionFunction(Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, mask=None, bias=None, scale=1.0, causal=False, block_size=128, dropout_p=0.0):
+    def forward(ctx, q, k, v, mask=None, bias=None, scale=1.0, causal=False, block_size=128, dropout_p=0.0,
+                window=None):
         _check_options(block_size, dropout_p)
-        options = dict(scale=scale, causal=causal, block_size=block_size)
+        options = dict(scale=scale, causal=causal, block_size=block_size, window=window)
         out, lse = parallel.map_batch(flash_forward, q, k, v, mask, bias, one_chunk_per_thread=True,
                                       **options)                  # (..., L, Ev), (..., L, 1); tiles: small memory
         ctx.save_for_backward(q, k, v, out, lse, mask, bias)
@@ -93,7 +97,7 @@ class FlashAttentionFunction(Function):
                                   one_chunk_per_thread=True, **ctx.options)   # (..., L, E), (..., S, E), (..., S, Ev)
 
 
-def flash_forward(q, k, v, mask, bias, scale, causal, block_size):
+def flash_forward(q, k, v, mask, bias, scale, causal, block_size, window=None):
     """The forward's loops (see FlashAttentionFunction) on whole arrays: returns O (..., L, Ev) and LSE (..., L, 1)."""
     num_queries, num_keys, value_dim = q.shape[-2], k.shape[-2], v.shape[-1]
     batch = masks.batch_shape(q, k, v, mask, bias)                                   # (...)
@@ -107,9 +111,10 @@ def flash_forward(q, k, v, mask, bias, scale, causal, block_size):
         l = xp.zeros(batch + (i1 - i0, 1), dtype=q.dtype)                           # (..., B_q, 1) running sum
         acc = xp.zeros(batch + (i1 - i0, value_dim), dtype=q.dtype)                 # (..., B_q, Ev) running Õ
         last_key = min(num_keys, i1) if causal else num_keys                        # causal: no key after query i1-1
-        for j0, j1 in _blocks(last_key, block_size):
+        first_key = _first_key_block(i0, window, block_size)                         # window: none before i0-w+1
+        for j0, j1 in _blocks(last_key, block_size, first_key):
             cols = slice(j0, j1)
-            a = _tile_scores(q_i, k[..., cols, :], mask, bias, causal, rows, cols)   # (..., B_q, B_k)
+            a = _tile_scores(q_i, k[..., cols, :], mask, bias, causal, rows, cols, window)   # (..., B_q, B_k)
             m_new = xp.maximum(m, rowmax(a))                                          # (..., B_q, 1)
             shift = xp.where(xp.isfinite(m_new), m_new, 0)                           # (..., B_q, 1) −∞ → 0
             p_tilde = xp.exp(a - shift)                                              # (..., B_q, B_k) P̃, 0 where masked
@@ -124,7 +129,7 @@ def flash_forward(q, k, v, mask, bias, scale, causal, block_size):
     return out, lse
 
 
-def flash_backward(q, k, v, out, lse, mask, bias, grad_o, scale, causal, block_size):
+def flash_backward(q, k, v, out, lse, mask, bias, grad_o, scale, causal, block_size, window=None):
     """The backward's loops (see FlashAttentionFunction) on whole arrays: returns (dQ, dK, dV)."""
     num_queries, num_keys = q.shape[-2], k.shape[-2]
     batch = out.shape[:-2]                                                           # (...)
@@ -138,10 +143,11 @@ def flash_backward(q, k, v, out, lse, mask, bias, grad_o, scale, causal, block_s
         cols = slice(j0, j1)
         k_j, v_j = k[..., cols, :], v[..., cols, :]                                  # (..., B_k, E), (..., B_k, Ev)
         first_query = (j0 // block_size) * block_size if causal else 0              # causal: no query before key j0
-        for i0, i1 in _blocks(num_queries, block_size, first_query):
+        last_query = num_queries if window is None else min(num_queries, j1 + window - 1)   # window: none after
+        for i0, i1 in _blocks(last_query, block_size, first_query):
             rows = slice(i0, i1)
             q_i = q[..., rows, :] * scale                                            # (..., B_q, E)
-            a = _tile_scores(q_i, k_j, mask, bias, causal, rows, cols)               # (..., B_q, B_k)
+            a = _tile_scores(q_i, k_j, mask, bias, causal, rows, cols, window)       # (..., B_q, B_k)
             p = xp.exp(a - lse[..., rows, :])                                        # (..., B_q, B_k)  P recomputed
             do_i = grad_o[..., rows, :]                                              # (..., B_q, Ev)
             dv[..., cols, :] += p.swapaxes(-1, -2) @ do_i                            # (..., B_k, Ev)
@@ -174,8 +180,17 @@ def _blocks(n, size, start=0):
     return [(i, min(i + size, n)) for i in range(start, n, size)]
 
 
-def _tile_scores(q_i, k_j, mask, bias, causal, rows, cols):
-    """One tile of scores A_ij = Q̃_i K_jᵀ + bias[rows, cols], −∞ where masked. ``q_i`` already carries the scale."""
+def _first_key_block(first_row, window, block_size):
+    """The first key block a query block starting at ``first_row`` needs: 0, or with a sliding ``window`` the block
+    holding key first_row − window + 1 (every key before it is outside every row's window)."""
+    if window is None:
+        return 0
+    return max(0, first_row - window + 1) // block_size * block_size
+
+
+def _tile_scores(q_i, k_j, mask, bias, causal, rows, cols, window=None):
+    """One tile of scores A_ij = Q̃_i K_jᵀ + bias[rows, cols], −∞ where masked (by ``mask``, ``causal``: key after
+    query, ``window``: key window or more before the query). ``q_i`` already carries the scale."""
     a = q_i @ k_j.swapaxes(-1, -2)                                                   # (..., B_q, B_k)
     if bias is not None:
         a = a + bias[..., rows, cols]                                                # (..., B_q, B_k)
@@ -183,6 +198,9 @@ def _tile_scores(q_i, k_j, mask, bias, causal, rows, cols):
     if causal and cols.stop - 1 > rows.start:                      # the tile reaches above the diagonal
         below = xp.arange(rows.start, rows.stop)[:, None] >= xp.arange(cols.start, cols.stop)   # (B_q, B_k)
         tile_mask = below if tile_mask is None else tile_mask & below                    # (..., B_q, B_k)
+    if window is not None and (rows.stop - 1) - cols.start >= window:   # the tile reaches past some row's window
+        near = xp.arange(rows.start, rows.stop)[:, None] - xp.arange(cols.start, cols.stop) < window   # (B_q, B_k)
+        tile_mask = near if tile_mask is None else tile_mask & near                      # (..., B_q, B_k)
     if tile_mask is not None:
         a = xp.where(tile_mask, a, -xp.inf)                                          # (..., B_q, B_k)
     return a
