@@ -15,7 +15,9 @@ It measures, in one process:
     torch.set_num_threads = minattn's threads (autograd/parallel.py), timed in alternation with minattn's (blocks of
     NumPy calls and of PyTorch calls, taking turns, seconds apart: bench/measure.py), so both sides of a ratio see
     the same machine.
- 4. dense vs flash attention, time and peak memory against L (B=1, h=8, head dim 32): the figure.
+ 4. greedy decoding of the copy-task model with and without the key/value cache: ms per token against the length
+    (bench/decoding.py).
+ 5. dense vs flash attention, time and peak memory against L (B=1, h=8, head dim 32): the figure.
 Then it prints one table — ms (median), GFLOP/s (matrix products only, formulas in bench/flops.py), fraction of
 the peak, minattn ÷ PyTorch ratios, peak memory — and writes results.json, table.txt and the figure to --out.
 
@@ -36,7 +38,7 @@ if __package__ in (None, ""):   # run as a script: python bench/run.py
 import numpy as np   # noqa: E402
 
 from autograd import backend, parallel   # noqa: E402
-from bench import cases_minattn, figure, flops, measure   # noqa: E402
+from bench import cases_minattn, decoding, figure, flops, measure   # noqa: E402
 
 SHAPES = ((8, 128, 256, 8), (4, 512, 256, 8), (1, 2048, 256, 8), (32, 16, 64, 4))   # (B, L, E, h)
 QUICK_SHAPES = ((32, 16, 64, 4), (8, 128, 256, 8))
@@ -340,6 +342,9 @@ def _run(args, argv, started, log):
     log("rows")
     measure_rows(bench, shapes)
 
+    log("greedy decoding with and without the KV cache")
+    decoding_rows = decoding.measure(decoding.QUICK_LENGTHS if args.quick else decoding.LENGTHS)
+
     fig_result, fig_path = None, None
     if not args.no_figure:
         log("dense vs flash attention against L")
@@ -383,6 +388,8 @@ def _run(args, argv, started, log):
         "",
         format_table(bench.rows),
         "",
+        decoding.format_table(decoding_rows),
+        "",
         "notes:"] + [f"  - {n}" for n in notes]
     if fig_result:
         report.append("figure (dense vs flash, B=1 h=8 head dim 32): " + "; ".join(
@@ -401,7 +408,8 @@ def _run(args, argv, started, log):
                "load_average": {"start": load_start, "end": load_end}, "threads": threads,
                "blas_threads": blas, "blas_threads_source": blas_source,
                "matmul_peak": {"start": peak_start, "end": peak_end, "peak_gflops": peak},
-               "torch": torch_info, "rows": bench.rows, "figure": fig_result, "notes": notes, "profile": profile,
+               "torch": torch_info, "rows": bench.rows, "decoding": decoding_rows, "figure": fig_result,
+               "notes": notes, "profile": profile,
                "wall_s": round(wall, 1)}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:

@@ -2,6 +2,8 @@
 import math
 
 from autograd import ops
+from autograd.grad_mode import is_grad_enabled
+from autograd.tensor import Tensor
 from minattn import functional as F
 from minattn import masks
 from minattn.fused.flash_attention import FlashAttentionFunction
@@ -147,7 +149,7 @@ class MultiHeadAttention(Module):
         self.k_norm = LayerNorm(self.head_dim, dtype=dtype) if qk_norm and not share_qk else None
         self.attention_weights = None
 
-    def forward(self, query, key, value, valid_lens=None, attn_mask=None, is_causal=False):
+    def forward(self, query, key, value, valid_lens=None, attn_mask=None, is_causal=False, cache=None):
         """Attend from each query position to the key/value positions.
 
         Args:
@@ -155,13 +157,21 @@ class MultiHeadAttention(Module):
             valid_lens: None, (B,) or (B, L) integers: keys at index >= valid_len are padding (d2l).
             attn_mask: None, boolean (True = take part) or float (added), broadcastable to (B, h, L, S).
             is_causal: query i sees keys 0..i only; an error together with attn_mask.
+            cache: a ``minattn.cache.KVCache`` for incremental decoding (under ``no_grad``): the L new tokens'
+                keys and values are appended to it (or, for a ``static`` cache, the memory's are computed once) and
+                the queries attend to every key held; causal masks, rotary positions and ALiBi count the new
+                queries from ``cache.position``. No attn_mask with a cache.
         Returns:
             (B, L, E). A query with every key masked gets 0 from attention (then W_o's bias).
+        Raises:
+            RuntimeError for a cache while gradients are recorded; ValueError as listed in the class docstring.
         """
         check_qkv(query, key, value, self.embed_dim, self.kdim, self.vdim)
         if self.window is not None and not is_causal:
             raise ValueError(f"this layer has a sliding window ({self.window}), which is causal: call it with "
                              "is_causal=True")
+        if cache is not None:
+            return self._forward_cached(query, key, value, valid_lens, attn_mask, is_causal, cache)
         batch, num_queries, num_keys = query.shape[0], query.shape[1], key.shape[1]
         flash = self.attn_impl == "flash"
         causal_tiles = flash and is_causal and attn_mask is None   # flash applies is_causal per tile: no (L, S) mask
@@ -195,6 +205,43 @@ class MultiHeadAttention(Module):
                                    need_weights=True, enable_gqa=grouped)   # (B, h, L, d_h), (B, h, L, S)
         self.attention_weights = weights                               # (B, h, L, S)
         return self.W_o(transpose_output(out))                         # (B, L, E)
+
+    def _forward_cached(self, query, key, value, valid_lens, attn_mask, is_causal, cache):
+        """``forward`` with a KVCache: only the new tokens' q, k, v are computed (see minattn/cache.py)."""
+        if is_grad_enabled():
+            raise RuntimeError("a KVCache is for decoding: its keys and values are constants, so call under "
+                               "minattn.no_grad()")
+        if attn_mask is not None:
+            raise ValueError("a cached call takes no attn_mask (the causal mask is built from cache.position)")
+        batch, new = query.shape[0], query.shape[1]
+        offset = cache.position                                        # the first new query's position
+        q = transpose_qkv(self.W_q(query), self.num_heads)             # (B, h, t, d_h)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.rope:
+            q = F.rotary_embedding(q, offset=offset, base=self.rope_base)   # (B, h, t, d_h)  positions offset …
+        if cache.static and cache.length:                              # cross-attention: the memory's, once
+            k, v = Tensor(cache.keys), Tensor(cache.values)            # (B, h_kv, S, d_h)
+        else:
+            W_k = self.W_q if self.W_k is None else self.W_k
+            k = transpose_qkv(W_k(key), self.num_kv_heads)             # (B, h_kv, t, d_h) the new keys only
+            v = transpose_qkv(self.W_v(value), self.num_kv_heads)      # (B, h_kv, t, d_h)
+            if self.q_norm is not None:
+                k = (self.q_norm if self.k_norm is None else self.k_norm)(k)
+            if self.rope:
+                k = F.rotary_embedding(k, offset=0 if cache.static else cache.length, base=self.rope_base)
+            k, v = (Tensor(a) for a in cache.append(k.data, v.data))   # (B, h_kv, S, d_h): every key so far
+        cache.position += new
+        num_keys = k.shape[-2]
+        causal = masks.causal_mask(new, num_keys, self.window, offset) if is_causal else None   # (t, S)
+        mask, bias = masks.attention_masks(batch, self.num_heads, new, num_keys, query.dtype, valid_lens, causal)
+        if self.alibi:
+            slopes = masks.alibi_bias(self.num_heads, new, num_keys, query.dtype, offset)   # (h, t, S)
+            bias = slopes if bias is None else bias + slopes
+        out, weights = F.attention(q, k, v, mask, bias, need_weights=True,
+                                   enable_gqa=self.num_kv_heads != self.num_heads)   # (B, h, t, d_h), (B, h, t, S)
+        self.attention_weights = weights
+        return self.W_o(transpose_output(out))                         # (B, t, E)
 
     def extra_repr(self):
         """The constructor arguments, for repr."""

@@ -129,12 +129,12 @@ class PositionalEncoding(Module):
         self.P = sinusoidal_positions(max_len, embed_dim).astype(_dtype(dtype))   # (max_len, d), a constant
         self.dropout = Dropout(dropout)
 
-    def forward(self, x):
-        """x + P[:L], then dropout."""
-        if x.ndim != 3 or x.shape[-1] != self.embed_dim or x.shape[1] > self.max_len:
-            raise ValueError(f"PositionalEncoding expects (batch, L <= {self.max_len}, {self.embed_dim}); "
-                             f"got {x.shape}")
-        return self.dropout(x + self.P[: x.shape[1]].astype(x.dtype, copy=False))
+    def forward(self, x, offset=0):
+        """x + P[offset : offset + L], then dropout (``offset``: the first position, for cached decoding)."""
+        if x.ndim != 3 or x.shape[-1] != self.embed_dim or offset + x.shape[1] > self.max_len:
+            raise ValueError(f"PositionalEncoding expects (batch, L <= {self.max_len - offset}, {self.embed_dim}); "
+                             f"got {x.shape}" + (f" at offset {offset}" if offset else ""))
+        return self.dropout(x + self.P[offset: offset + x.shape[1]].astype(x.dtype, copy=False))
 
     def extra_repr(self):
         """The constructor arguments, for repr."""

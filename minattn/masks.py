@@ -20,10 +20,11 @@ def batch_shape(*arrays):
     return broadcast_shape(*(x.shape[:-2] for x in arrays if x is not None))
 
 
-def causal_mask(num_queries, num_keys, window=None):
+def causal_mask(num_queries, num_keys, window=None, offset=0):
     """Boolean (L, S), True where key j <= query i (top-left aligned, as PyTorch's ``is_causal``); with a sliding
-    ``window`` w also i − j < w: query i sees keys i − w + 1 … i (Mistral's sliding-window attention)."""
-    offset = xp.arange(num_queries)[:, None] - xp.arange(num_keys)[None, :]          # (L, S)  i − j
+    ``window`` w also i − j < w: query i sees keys i − w + 1 … i (Mistral's sliding-window attention). ``offset``:
+    the queries are positions offset … offset + L − 1 (cached decoding: the keys before them are in the cache)."""
+    offset = offset + xp.arange(num_queries)[:, None] - xp.arange(num_keys)[None, :]   # (L, S)  i − j
     near = offset >= 0
     return near if window is None else near & (offset < window)
 
@@ -170,12 +171,12 @@ def alibi_slopes(num_heads):
     return backend.host.asarray(slopes, dtype=backend.float64)
 
 
-def alibi_bias(num_heads, num_queries, num_keys, dtype):
+def alibi_bias(num_heads, num_queries, num_keys, dtype, offset=0):
     """ALiBi's additive bias (num_heads, L, S): −m_h · |i − j| for query i and key j, both counted from 0 — a
     penalty growing linearly with the distance, steeper for some heads than others (``alibi_slopes``). With a causal
     mask only j ≤ i remain, where it is the paper's −m_h (i − j). A constant: added to the scores, no gradient.
     Source: Press et al. 2022, "Train Short, Test Long", eq. in §3.
     """
     slopes = xp.asarray(alibi_slopes(num_heads), dtype=dtype)                          # (h,)
-    distance = xp.abs(xp.arange(num_queries)[:, None] - xp.arange(num_keys)[None, :])   # (L, S)
+    distance = xp.abs(offset + xp.arange(num_queries)[:, None] - xp.arange(num_keys)[None, :])   # (L, S)
     return -slopes[:, None, None] * distance.astype(dtype)                             # (h, L, S)

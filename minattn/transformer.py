@@ -12,6 +12,7 @@ from autograd import backend
 from autograd.backend import xp
 from autograd.tensor import Tensor, no_grad
 from minattn.attention import MultiHeadAttention
+from minattn.cache import KVCache
 from minattn.talking_heads import TalkingHeadsAttention
 from minattn.layers import Dropout, Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN
 from minattn import functional as F
@@ -81,12 +82,14 @@ class DecoderBlock(Module):
         self.ffn = PositionWiseFFN(embed_dim, ffn_hidden, dropout, dtype)
         self.residual3 = Residual(embed_dim, dropout, norm_first, dtype)
 
-    def forward(self, x, memory, memory_valid_lens=None):
-        """x (B, T, d), memory (B, S, d), memory_valid_lens (B,) → (B, T, d)."""
-        x = self.residual1(x, lambda h: self.self_attention(h, h, h, is_causal=True))          # (B, T, d)
-        x = self.residual2(x, lambda h: self.cross_attention(h, memory, memory,
-                                                             valid_lens=memory_valid_lens))    # (B, T, d)
-        return self.residual3(x, self.ffn)                                                     # (B, T, d)
+    def forward(self, x, memory, memory_valid_lens=None, caches=None):
+        """x (B, T, d), memory (B, S, d), memory_valid_lens (B,) → (B, T, d). ``caches``: (self-attention KVCache,
+        static cross-attention KVCache) for incremental decoding, or None."""
+        own, cross = ({"cache": caches[0]}, {"cache": caches[1]}) if caches is not None else ({}, {})
+        x = self.residual1(x, lambda h: self.self_attention(h, h, h, is_causal=True, **own))      # (B, T, d)
+        x = self.residual2(x, lambda h: self.cross_attention(h, memory, memory, valid_lens=memory_valid_lens,
+                                                             **cross))                           # (B, T, d)
+        return self.residual3(x, self.ffn)                                                        # (B, T, d)
 
 
 class Transformer(Module):
@@ -134,11 +137,14 @@ class Transformer(Module):
             x = block(x, src_valid_lens)                              # (B, S, d)
         return self.encoder_norm(x) if self.encoder_norm is not None else x
 
-    def decode(self, tgt_in, memory, src_valid_lens=None):
-        """tgt_in (B, T) ids, memory (B, S, d) → logits (B, T, V)."""
-        y = self.positions(self.tgt_embedding(tgt_in))                # (B, T, d)
-        for block in self.decoder_blocks:
-            y = block(y, memory, src_valid_lens)                      # (B, T, d)
+    def decode(self, tgt_in, memory, src_valid_lens=None, caches=None):
+        """tgt_in (B, T) ids, memory (B, S, d) → logits (B, T, V). ``caches``: one (self, cross) pair of KVCaches per
+        decoder block for incremental decoding: tgt_in then holds only the new tokens, at positions from
+        ``caches[0][0].position`` on."""
+        offset = 0 if caches is None else caches[0][0].position
+        y = self.positions(self.tgt_embedding(tgt_in), offset)        # (B, T, d)
+        for i, block in enumerate(self.decoder_blocks):
+            y = block(y, memory, src_valid_lens, None if caches is None else caches[i])   # (B, T, d)
         if self.final_norm is not None:
             y = self.final_norm(y)
         return self.output(y)                                         # (B, T, V)
@@ -152,11 +158,14 @@ class Transformer(Module):
         F.check_ids(tgt_in, self.tgt_embedding.num_embeddings, "tgt_in")
         return self.decode(tgt_in, self.encode(src, src_valid_lens), src_valid_lens)
 
-    def greedy_decode(self, src, src_valid_lens, bos_id, eos_id, max_len, pad_id=0):
+    def greedy_decode(self, src, src_valid_lens, bos_id, eos_id, max_len, pad_id=0, use_cache=True):
         """Generate up to ``max_len`` tokens per sequence, each the argmax given the ones before (no graph recorded).
 
         Returns a host NumPy int array (B, max_len): the generated tokens, EOS included, ``pad_id`` after it.
-        The decoder is re-run on the whole prefix at each step (no key/value cache: simple, and cheap at these sizes).
+        ``use_cache`` (default, with multi-head attention): each step runs the decoder on the newest token only,
+        its self-attention reading the earlier tokens' keys and values from a KVCache and its cross-attention the
+        memory's, computed once (minattn/cache.py): O(T) per token. False (and with talking heads): the decoder is
+        re-run on the whole prefix at each step, O(T²) — the same tokens.
         Runs in eval mode and restores the previous mode. Raises ValueError if max_len exceeds the positional
         table or the token ids are out of the vocabulary.
         """
@@ -169,18 +178,24 @@ class Transformer(Module):
         was_training = self.training
         self.eval()
         try:
-            return self._greedy(src, src_valid_lens, bos_id, eos_id, max_len, pad_id)
+            return self._greedy(src, src_valid_lens, bos_id, eos_id, max_len, pad_id, use_cache)
         finally:
             self.train(was_training)
 
-    def _greedy(self, src, src_valid_lens, bos_id, eos_id, max_len, pad_id):
+    def _greedy(self, src, src_valid_lens, bos_id, eos_id, max_len, pad_id, use_cache):
+        cached = use_cache and all(isinstance(b.self_attention, MultiHeadAttention) for b in self.decoder_blocks)
         with no_grad():
             memory = self.encode(src, src_valid_lens)                                 # (B, S, d)
             batch = memory.shape[0]
             ys = xp.full((batch, 1), bos_id, dtype=backend.int64)                     # (B, 1)
             done = xp.zeros(batch, dtype=bool)                                        # (B,)
+            caches = [(KVCache(max_len), KVCache(memory.shape[1], static=True)) for _ in self.decoder_blocks] \
+                if cached else None                                                   # (self: T, cross: S positions)
             for _ in range(max_len):
-                logits = self.decode(Tensor(ys), memory, src_valid_lens)              # (B, t, V)
+                if cached:                                                            # the newest token only
+                    logits = self.decode(Tensor(ys[:, -1:]), memory, src_valid_lens, caches)   # (B, 1, V)
+                else:                                                                 # the whole prefix again
+                    logits = self.decode(Tensor(ys), memory, src_valid_lens)          # (B, t, V)
                 nxt = logits.data[:, -1].argmax(axis=-1)                              # (B,)
                 nxt = xp.where(done, pad_id, nxt)                                     # (B,)
                 ys = xp.concatenate([ys, nxt[:, None]], axis=1)                       # (B, t + 1)

@@ -50,6 +50,9 @@ def test_quick_run_prints_table_and_writes_results(tmp_path):
         assert "ms" in r or r["skipped"]
     assert (out / "table.txt").exists() and (out / "dense_vs_flash.png").stat().st_size > 0
     assert results["figure"]["dense"][0]["L"] == 512
+    assert "greedy decoding, ms per generated token" in stdout
+    assert [r["T"] for r in results["decoding"]] == [16, 32]
+    assert all(r["cached_ms_per_token"] > 0 and r["recomputed_ms_per_token"] > 0 for r in results["decoding"])
 
 
 def test_script_entry_point_help():
