@@ -18,10 +18,13 @@ from minattn.attention import MultiHeadAttention
 from minattn.additive import AdditiveAttention
 from minattn.talking_heads import TalkingHeadsAttention
 from minattn.transformer import Transformer
+from minattn.gpt import GPT
+from minattn.cache import KVCache
 from minattn.optim import SGD, Adam, WarmupSchedule, clip_grad_norm_
 from minattn.checkpoint import save, load
 
 __all__ = ["get_num_threads", "set_num_threads", "Tensor", "no_grad", "manual_seed", "to_numpy", "asarray", "BACKEND", "functional", "Module", "Parameter",
            "ModuleList", "Linear", "Embedding", "LayerNorm", "Dropout", "PositionalEncoding", "PositionWiseFFN",
-           "MultiHeadAttention", "AdditiveAttention", "TalkingHeadsAttention", "Transformer", "SGD", "Adam",
+           "MultiHeadAttention", "AdditiveAttention", "TalkingHeadsAttention", "Transformer", "GPT", "KVCache",
+           "SGD", "Adam",
            "WarmupSchedule", "clip_grad_norm_", "save", "load"]

@@ -110,3 +110,13 @@ def test_rotary(tmp_path, capsys):
     assert n["rope_norm_change"] < SMALL and n["claim_holds"]
     assert "verdict" in capsys.readouterr().out
     assert pngs(out) == {"rotary.png"}
+
+
+def test_gpt(tmp_path, capsys):
+    """lesson_gpt on a tiny budget: it trains, generates, and writes its figure (exactness needs the full run)."""
+    from demos import lesson_gpt
+    out = tmp_path / "gpt"
+    n = lesson_gpt.main(["--length", "3", "--steps", "3", "--eval-size", "8", "--out", str(out)])
+    assert 0 <= n["exact_match"] <= 1 and n["num_parameters"] > 0
+    assert "held-out sequences exactly" in capsys.readouterr().out
+    assert pngs(out) == {"gpt_attention.png"}

@@ -1,0 +1,170 @@
+"""A decoder-only Transformer (GPT): token embedding, positions, pre-LN blocks of causal self-attention and a
+feed-forward layer, a final LayerNorm, and the next-token logits; ``generate`` samples with a key/value cache.
+
+    ids (B, T) ─ Embedding (+ positions) ─ N × [x + attn(LN(x)), x + FFN(LN(x))] ─ LN ─ logits (B, T, V)
+
+Positions are one of four kinds: "learned" (a table added to the embeddings, GPT-2), "sinusoidal" (Vaswani et al.),
+"rope" (q and k rotated in every layer, Llama) or "alibi" (linear distance biases in every layer, BLOOM). The output
+layer may share the embedding matrix ("weight tying", GPT-2, Press & Wolf 2017). Every gradient comes from fused
+Functions with hand-written backwards (Linear, LayerNorm, attention, embedding, cross-entropy).
+Source: Radford et al. 2019 (GPT-2); Karpathy's nanoGPT (model.py); Touvron et al. 2023 (Llama: RoPE, GQA).
+"""
+from autograd import backend
+from autograd.backend import xp
+from autograd.grad_mode import no_grad
+from autograd.tensor import Tensor
+from minattn import functional as F
+from minattn.attention import MultiHeadAttention
+from minattn.cache import KVCache
+from minattn.layers import Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN
+from minattn.module import Module, ModuleList
+
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi")
+
+
+class GPTBlock(Module):
+    """x + attention(LN(x)) (causal), then x + FFN(LN(x)): a pre-LN decoder block (GPT-2, nanoGPT's Block)."""
+
+    def __init__(self, embed_dim, num_heads, ffn_hidden, dropout=0.0, dtype=None, **attention_options):
+        super().__init__()
+        self.norm1 = LayerNorm(embed_dim, dtype=dtype)
+        self.attention = MultiHeadAttention(embed_dim, num_heads, dropout, dtype=dtype, **attention_options)
+        self.norm2 = LayerNorm(embed_dim, dtype=dtype)
+        self.ffn = PositionWiseFFN(embed_dim, ffn_hidden, dropout, dtype)
+
+    def forward(self, x, cache=None):
+        """x (B, T, d) → (B, T, d); ``cache``: this block's KVCache while generating."""
+        h = self.norm1(x)                                                            # (B, T, d)
+        x = x + self.attention(h, h, h, is_causal=True, **({} if cache is None else {"cache": cache}))   # (B, T, d)
+        return x + self.ffn(self.norm2(x))                                           # (B, T, d)
+
+
+class GPT(Module):
+    """A decoder-only Transformer over integer tokens: ids (B, T) → next-token logits (B, T, vocab_size).
+
+    Args:
+        vocab_size: tokens; max_len: the longest sequence (the position table's rows; the cache's default size).
+        embed_dim (d), num_heads (h), num_layers, ffn_hidden (default 4 d, as GPT-2): widths and depth.
+        dropout: in attention weights, FFN and residual branches (training mode only).
+        positions: "learned" (default), "sinusoidal", "rope" or "alibi" (see the module docstring).
+        num_kv_heads: grouped-query attention (default h); window: a sliding causal window (default none).
+        tie_weights: the output layer is the embedding matrix (default True): logits = x Eᵀ, no separate W_out.
+        dtype: of the parameters (float32 by default).
+    The FFN uses ReLU (minattn has no GELU). Raises ValueError for an unknown ``positions`` (listing the valid
+    ones) and as MultiHeadAttention for bad head counts.
+    """
+
+    def __init__(self, vocab_size, max_len, embed_dim=64, num_heads=4, num_layers=2, ffn_hidden=None, dropout=0.0,
+                 positions="learned", num_kv_heads=None, window=None, tie_weights=True, dtype=None):
+        super().__init__()
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(map(repr, POSITIONS))}; got {positions!r}")
+        if num_heads <= 0 or embed_dim % num_heads:       # before any parameter is drawn from the seeded stream
+            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+        self.vocab_size, self.max_len, self.embed_dim, self.positions = vocab_size, max_len, embed_dim, positions
+        self.token_embedding = Embedding(vocab_size, embed_dim, dtype=dtype)
+        self.position_embedding = Embedding(max_len, embed_dim, dtype=dtype) if positions == "learned" else None
+        self.sinusoids = PositionalEncoding(embed_dim, 0.0, max_len, dtype=dtype) if positions == "sinusoidal" \
+            else None
+        options = dict(num_kv_heads=num_kv_heads, window=window, rope=positions == "rope",
+                       alibi=positions == "alibi")
+        self.blocks = ModuleList(GPTBlock(embed_dim, num_heads, ffn_hidden or 4 * embed_dim, dropout, dtype, **options)
+                                 for _ in range(num_layers))
+        self.final_norm = LayerNorm(embed_dim, dtype=dtype)
+        self.output = None if tie_weights else Linear(embed_dim, vocab_size, bias=False, dtype=dtype)
+
+    def forward(self, ids, caches=None):
+        """ids (B, T) integers → logits (B, T, vocab_size). ``caches``: one KVCache per block while generating: ids
+        then holds only the new tokens, at positions from ``caches[0].position`` on."""
+        offset = 0 if caches is None else caches[0].position
+        x = self.token_embedding(ids)                                                # (B, T, d)
+        if self.position_embedding is not None:
+            if offset + x.shape[1] > self.max_len:
+                raise ValueError(f"learned positions cover {self.max_len} tokens; got {offset + x.shape[1]}")
+            x = x + self.position_embedding(xp.arange(offset, offset + x.shape[1]))  # (B, T, d)
+        if self.sinusoids is not None:
+            x = self.sinusoids(x, offset)                                            # (B, T, d)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])                      # (B, T, d)
+        x = self.final_norm(x)                                                       # (B, T, d)
+        if self.output is None:
+            return F.linear(x, self.token_embedding.weight)                          # (B, T, V)  x Eᵀ: tied
+        return self.output(x)                                                        # (B, T, V)
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None):
+        """Continue each sequence of ``idx`` (B, T) by ``max_new_tokens`` sampled tokens, with a KVCache (each new
+        token runs alone through the blocks). Returns a host NumPy int array (B, T + max_new_tokens).
+
+        temperature: divides the logits; 0 = greedy (argmax). top_k: sample among the k most likely tokens only.
+        top_p: among the smallest set of tokens whose probabilities reach p (nucleus sampling, Holtzman et al.
+        2020). seed: a host random stream of its own, so the same seed gives the same tokens (None: unseeded).
+        Runs in eval mode, under no_grad, and restores the mode. Raises ValueError for a bad argument, or when
+        learned / sinusoidal positions would run past max_len.
+        """
+        ids = F.check_ids(idx, self.vocab_size, "idx")
+        _check_sampling(ids, max_new_tokens, temperature, top_k, top_p)
+        total = ids.shape[1] + max_new_tokens
+        if self.positions in ("learned", "sinusoidal") and total > self.max_len:
+            raise ValueError(f"generate: {total} tokens exceed max_len={self.max_len} of the {self.positions} "
+                             "positions")
+        rng = backend.new_host_rng(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                caches = [KVCache(total) for _ in self.blocks]
+                out = [backend.to_numpy(ids)]
+                logits = self(Tensor(ids), caches)                                   # (B, T, V): the prompt
+                for _ in range(max_new_tokens):
+                    nxt = sample(backend.to_numpy(logits.data[:, -1]), temperature, top_k, top_p, rng)   # (B,)
+                    out.append(nxt[:, None])
+                    logits = self(Tensor(backend.asarray(nxt[:, None])), caches)     # (B, 1, V): one token
+        finally:
+            self.train(was_training)
+        return backend.host.concatenate(out, axis=1)
+
+    def extra_repr(self):
+        """The configuration, for repr."""
+        return (f"vocab_size={self.vocab_size}, max_len={self.max_len}, embed_dim={self.embed_dim}, "
+                f"positions={self.positions!r}, tie_weights={self.output is None}")
+
+
+def sample(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
+    """One token id per row of host logits (B, V): argmax at temperature 0, else a draw from
+    softmax(logits / temperature) restricted to the top_k tokens and to the top_p nucleus. Host NumPy in and out."""
+    np = backend.host
+    if temperature == 0:
+        return logits.argmax(axis=-1)
+    z = logits.astype(np.float64) / temperature                                      # (B, V)
+    if top_k is not None:
+        kth = np.sort(z, axis=-1)[:, -min(top_k, z.shape[-1])][:, None]             # (B, 1) the k-th largest
+        z = np.where(z >= kth, z, -np.inf)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)                                               # (B, V)
+    if top_p is not None:
+        order = np.argsort(-p, axis=-1)                                              # most likely first
+        sorted_p = np.take_along_axis(p, order, axis=-1)
+        keep_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p < top_p                # the nucleus (≥ 1 token)
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        p = np.where(keep, p, 0)
+        p /= p.sum(axis=-1, keepdims=True)
+    u = (rng or np.random.default_rng()).random((p.shape[0], 1))                     # (B, 1)
+    return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), p.shape[-1] - 1)    # inverse CDF
+
+
+def _check_sampling(ids, max_new_tokens, temperature, top_k, top_p):
+    """ValueError naming the argument unless ids is (B, T ≥ 1), max_new_tokens an int ≥ 0, temperature ≥ 0,
+    top_k a positive int or None, top_p in (0, 1] or None."""
+    if ids.ndim != 2 or ids.shape[1] < 1:
+        raise ValueError(f"generate: idx must be (batch, T >= 1) token ids; got shape {ids.shape}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not 0 <= temperature < float("inf"):
+        raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"generate: top_k must be a positive int or None, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"generate: top_p must be in (0, 1] or None, got {top_p!r}")
+
