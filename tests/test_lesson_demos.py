@@ -120,3 +120,14 @@ def test_gpt(tmp_path, capsys):
     assert 0 <= n["exact_match"] <= 1 and n["num_parameters"] > 0
     assert "held-out sequences exactly" in capsys.readouterr().out
     assert pngs(out) == {"gpt_attention.png"}
+
+
+def test_extrapolation(tmp_path, capsys):
+    """lesson_extrapolation on a tiny budget: one accuracy per kind of position and length, and the figure."""
+    from demos import lesson_extrapolation
+    out = tmp_path / "ext"
+    n = lesson_extrapolation.main(["--length", "4", "--steps", "2", "--eval-size", "4", "--out", str(out)])
+    assert set(n) == {"learned", "sinusoidal", "rope", "alibi"}
+    assert all(set(row) == {4, 8, 16} and all(0 <= v <= 1 for v in row.values()) for row in n.values())
+    assert "trained on length L = 4" in capsys.readouterr().out
+    assert pngs(out) == {"extrapolation.png"}
