@@ -96,8 +96,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     plot(results, lengths, args, os.path.join(args.out, "extrapolation.png"))
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"config": vars(args), "accuracy": {k: {str(n): v for n, v in r.items()} for k, r in results.items()}},
-                  f, indent=2)
+        accuracy = {k: {str(n): v for n, v in r.items()} for k, r in results.items()}
+        json.dump({"config": vars(args), "accuracy": accuracy}, f, indent=2)
     print(f"wrote {args.out}/extrapolation.png, results.json")
     return results
 

@@ -4,11 +4,11 @@ THE QUESTION. Encoder–decoder models read the source with one stack and write 
 stack that reads and writes in the same sequence. Can it learn to repeat, token for token, what came before a
 separator — and where does it look while doing it?
 
-THE CLAIM. Yes, exactly: the sequence x_1 … x_n SEP x_1 … x_n is predictable from the separator on: the query at position
-t, writing token t + 1, needs the token at t − n. A causal attention head can learn to look back n positions — with
-rotary positions the score depends only on that offset, so the look-back is one pattern for every position. Greedy generation from the prompt x_1 … x_n SEP (with the
-key/value cache) reproduces held-out sequences exactly, and the last layer's attention shows the stripe n below the
-diagonal.
+THE CLAIM. Yes, exactly: the sequence x_1 … x_n SEP x_1 … x_n is predictable from the separator on: the query
+at position t, writing token t + 1, needs the token at t − n. A causal attention head can learn to look back n
+positions — with rotary positions the score depends only on that offset, so the look-back is one pattern for every
+position. Greedy generation from the prompt x_1 … x_n SEP (with the key/value cache) reproduces held-out sequences
+exactly, and the last layer's attention shows the stripe n below the diagonal.
 
 HOW THE RUN SHOWS IT. A GPT (d = 64, 4 heads, 2 layers, RoPE by default) is trained with Adam on random sequences,
 the loss on the copied half only; it prints the loss and the exact-match rate of greedy generation on 500 held-out

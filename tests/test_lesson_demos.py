@@ -131,3 +131,16 @@ def test_extrapolation(tmp_path, capsys):
     assert all(set(row) == {4, 8, 16} and all(0 <= v <= 1 for v in row.values()) for row in n.values())
     assert "trained on length L = 4" in capsys.readouterr().out
     assert pngs(out) == {"extrapolation.png"}
+
+
+def test_long_context(tmp_path, capsys):
+    """lesson_long_context on small sizes: windowed flash = dense with the window mask, cached generation gives the
+    same tokens, and the figure is written."""
+    from demos import lesson_long_context
+    out = tmp_path / "lc"
+    n = lesson_long_context.main(["--lengths", "64", "128", "--window", "16", "--tokens", "8", "16",
+                                  "--out", str(out)])
+    assert n["window"][0]["max_difference_to_dense"] < 1e-4
+    assert all(r["same_tokens"] for r in n["cache"])
+    assert "KV cache" in capsys.readouterr().out
+    assert pngs(out) == {"long_context.png"}
