@@ -24,7 +24,7 @@ from check to check, so another 1,000 sequences may score a little lower.
 
 The default recipe: Adam (betas 0.9, 0.98, eps 1e-9), the learning rate rising linearly to 1.5e-3 over 50 steps, then
 decaying as 1/sqrt(step) (the Transformer's schedule with a short warm-up), gradients clipped at norm 1, a check every
-20 steps. Measured on a 2-core x86-64 CPU with NumPy, seeds 0-4 reached 99% at step 260, 220, 360, 300, 300 (6-10 s
+20 steps. Measured on a 2-core x86-64 CPU with NumPy, seeds 0-4 reached 99% at step 260, 280, 300, 300, 340 (6-12 s
 of training; a check takes ~0.1 s, one greedy decoding of the 1,000 sequences ~0.7 s). Tried against it, checking
 every 10 steps: the old default (the Transformer's schedule peaking at 4.4e-3 at step 200: --lr-factor 0.5 --warmup
 200) 610-760 steps; a constant 1e-3 after 50 warm-up steps 370-590; constant 2e-3 540-810; --lr 2e-3 or 3e-3 with the
@@ -83,7 +83,7 @@ def parse_args(argv=None):
                                 formatter_class=_HelpFormatter,
                                 epilog="With the defaults (Adam, lr rising to 1.5e-3 over 50 steps then 1/sqrt(step), "
                                        "a check every 20 steps) seeds 0-4 reached 99% held-out exact match in "
-                                       "220-360 steps, 6-10 s of training on 2 CPU cores; the module docstring has "
+                                       "260-340 steps, 6-12 s of training on 2 CPU cores; the module docstring has "
                                        "the numbers and the recipes tried against it.")
     p.add_argument("--task", choices=tasks.TASKS, default="copy", help="copy the source, or reverse it")
     p.add_argument("--steps", type=positive_int, default=2000,
