@@ -26,11 +26,9 @@ import os
 from autograd import backend
 from autograd.backend import host as np
 from demos.cli import positive_int
-from minattn import GPT, Adam, Tensor, clip_grad_norm_, manual_seed, no_grad
-from minattn import functional as F
+from demos.next_token import IGNORE, train_next_token
+from minattn import GPT, Tensor, manual_seed, no_grad
 from minattn.gpt import POSITIONS
-
-IGNORE = -100
 
 
 def parse_args(argv=None):
@@ -75,17 +73,8 @@ def main(argv=None):
     for positions in POSITIONS:
         manual_seed(args.seed)
         model = GPT(args.symbols, 4 * args.length, embed_dim=64, num_heads=4, num_layers=2, positions=positions)
-        optimizer = Adam(model.parameters(), lr=1e-3)
         rng = np.random.default_rng([args.seed, 1])                                 # the same batches for all
-        for _ in range(args.steps):
-            x, y = make_batch(rng, 64, args.length, args)
-            logits = model(Tensor(backend.asarray(x)))                              # (B, L, V)
-            loss = F.cross_entropy(logits.reshape(-1, args.symbols), backend.asarray(y.reshape(-1)),
-                                   ignore_index=IGNORE)
-            optimizer.zero_grad()
-            loss.backward()
-            clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+        train_next_token(model, lambda: make_batch(rng, 64, args.length, args), args.steps)
         held_out = np.random.default_rng([args.seed, 2])
         row = {}
         for n in lengths:

@@ -25,11 +25,9 @@ import time
 from autograd import backend
 from autograd.backend import host as np
 from demos.cli import positive_int
-from minattn import GPT, Adam, Tensor, clip_grad_norm_, manual_seed, no_grad
-from minattn import functional as F
+from demos.next_token import IGNORE, train_next_token
+from minattn import GPT, Tensor, manual_seed, no_grad
 from minattn.gpt import POSITIONS
-
-IGNORE = -100
 
 
 def parse_args(argv=None):
@@ -70,21 +68,9 @@ def main(argv=None):
     manual_seed(args.seed)
     model = GPT(args.symbols + 1, 2 * args.length + 1, embed_dim=64, num_heads=4, num_layers=2,
                 positions=args.positions)
-    optimizer = Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng([args.seed, 1])
-    start, losses = time.perf_counter(), []
-    for step in range(1, args.steps + 1):
-        x, y = make_batch(rng, 64, args)
-        logits = model(Tensor(backend.asarray(x)))                                  # (B, 2n, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), backend.asarray(y.reshape(-1)),
-                               ignore_index=IGNORE)
-        optimizer.zero_grad()
-        loss.backward()
-        clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if step % 100 == 0 or step == args.steps:
-            losses.append((step, loss.item()))
-            print(f"step {step}: loss {losses[-1][1]:.4f}")
+    start = time.perf_counter()
+    losses = train_next_token(model, lambda: make_batch(rng, 64, args), args.steps, log_every=100)
     seconds = time.perf_counter() - start
     exact = exact_match(model, args)
     print(f"GPT ({model.num_parameters():,} parameters, {args.positions} positions): {args.steps} steps in "
