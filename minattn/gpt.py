@@ -98,30 +98,35 @@ class GPT(Module):
         temperature: divides the logits; 0 = greedy (argmax). top_k: sample among the k most likely tokens only.
         top_p: among the smallest set of tokens whose probabilities reach p (nucleus sampling, Holtzman et al.
         2020). seed: a host random stream of its own, so the same seed gives the same tokens (None: unseeded).
-        Runs in eval mode, under no_grad, and restores the mode. Raises ValueError for a bad argument, or when
-        learned / sinusoidal positions would run past max_len.
+        With learned or sinusoidal positions the model reads at most max_len tokens: when the sequence reaches it,
+        the context is cropped to its last max_len − 1 tokens and the cache refilled from them (nanoGPT crops the
+        same way). Runs in eval mode, under no_grad, and restores the mode. Raises ValueError for a bad argument.
         """
         ids = F.check_ids(idx, self.vocab_size, "idx")
         _check_sampling(ids, max_new_tokens, temperature, top_k, top_p)
-        total = ids.shape[1] + max_new_tokens
-        if self.positions in ("learned", "sinusoidal") and total > self.max_len:
-            raise ValueError(f"generate: {total} tokens exceed max_len={self.max_len} of the {self.positions} "
-                             "positions")
+        bounded = self.positions in ("learned", "sinusoidal")                    # a table of max_len positions
+        if bounded and ids.shape[1] > self.max_len:
+            ids = ids[:, -self.max_len:]
+        room = self.max_len if bounded else ids.shape[1] + max_new_tokens          # the caches' positions
         rng = backend.new_host_rng(seed)
         was_training = self.training
         self.eval()
         try:
             with no_grad():
-                caches = [KVCache(total) for _ in self.blocks]
-                out = [backend.to_numpy(ids)]
+                tokens = backend.to_numpy(ids)                                       # (B, T) host
+                caches = [KVCache(room) for _ in self.blocks]
                 logits = self(Tensor(ids), caches)                                   # (B, T, V): the prompt
                 for _ in range(max_new_tokens):
                     nxt = sample(backend.to_numpy(logits.data[:, -1]), temperature, top_k, top_p, rng)   # (B,)
-                    out.append(nxt[:, None])
-                    logits = self(Tensor(backend.asarray(nxt[:, None])), caches)     # (B, 1, V): one token
+                    tokens = backend.host.concatenate([tokens, nxt[:, None]], axis=1)
+                    if caches[0].position < room:
+                        logits = self(Tensor(backend.asarray(nxt[:, None])), caches)   # (B, 1, V): one token
+                    else:                                                              # full: crop and refill
+                        caches = [KVCache(room) for _ in self.blocks]
+                        logits = self(Tensor(backend.asarray(tokens[:, -(room - 1):])), caches)
         finally:
             self.train(was_training)
-        return backend.host.concatenate(out, axis=1)
+        return tokens
 
     def extra_repr(self):
         """The configuration, for repr."""
