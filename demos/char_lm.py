@@ -21,6 +21,8 @@ import math
 import os
 import time
 
+from tqdm import tqdm
+
 from autograd import backend
 from autograd.backend import host as np
 from demos.cli import positive_int
@@ -54,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--top-p", type=float, default=None, help="sample from the nucleus of probability p")
     p.add_argument("--seed", type=int, default=0, help="seeds the parameters, the batches and the samples")
     p.add_argument("--out", default="runs/char_lm", help="folder for the figures and metrics.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     args = p.parse_args(argv)
     if args.embed_dim % args.num_heads:
         p.error(f"--embed-dim {args.embed_dim} must be divisible by --num-heads {args.num_heads}")
@@ -124,22 +127,32 @@ def main(argv=None):
           f"({floor / math.log(2):.3f} bits) per character")
     optimizer = Adam(model.parameters(), lr=args.lr)
     curve, trained, seconds = {"step": [], "train": [], "val": []}, 0, 0.0
+    bar = tqdm(total=args.steps, disable=args.no_progress, desc="training", unit="step")
+    tokens_per_step = args.batch_size * args.block_size
+
+    def show(loss):                                         # the bar: loss every 10 steps (a sync on CuPy)
+        bar.update(1)
+        if bar.n % 10 == 0:
+            rate = bar.format_dict.get("rate") or 0.0
+            bar.set_postfix(loss=f"{loss.item():.3f}", tokens_per_s=f"{rate * tokens_per_step:,.0f}")
+
     while trained < args.steps:
         chunk = min(args.eval_every, args.steps - trained)
         start = time.perf_counter()
         train_next_token(model, lambda: batch_at(train, rng.integers(0, len(train) - args.block_size - 1,
                                                                      args.batch_size), args.block_size),
-                         chunk, optimizer=optimizer)
+                         chunk, optimizer=optimizer, on_step=show)
         seconds += time.perf_counter() - start
         trained += chunk
         curve["step"].append(trained)
         curve["train"].append(mean_loss(model, eval_sets["train"]))
         curve["val"].append(mean_loss(model, eval_sets["val"]))
         speed = trained * args.batch_size * args.block_size / seconds              # tokens per second
-        print(f"step {trained}: train {curve['train'][-1]:.4f}, val {curve['val'][-1]:.4f} nats/char "
+        bar.write(f"step {trained}: train {curve['train'][-1]:.4f}, val {curve['val'][-1]:.4f} nats/char "
               f"({curve['val'][-1] / math.log(2):.3f} bits); {speed:,.0f} tokens/s")
         if args.sample_every and trained % args.sample_every == 0:
-            print("--- sample ---\n" + "".join(chars[i] for i in sample(model, encode, args, 1)[0][1:]))
+            bar.write("--- sample ---\n" + "".join(chars[i] for i in sample(model, encode, args, 1)[0][1:]))
+    bar.close()
     samples = []
     for row in sample(model, encode, args, args.samples):
         samples.append("".join(chars[i] for i in row[1:]))
@@ -155,7 +168,8 @@ def main(argv=None):
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     below = 1 - metrics["val_loss"] / floor
-    print(f"validation {metrics['val_loss']:.4f} nats/char, {below:.0%} below the bigram floor; wrote {args.out}/"
+    side = f"{below:.0%} below" if below >= 0 else f"{-below:.0%} above"
+    print(f"validation {metrics['val_loss']:.4f} nats/char, {side} the bigram floor; wrote {args.out}/"
           "loss_curve.png, attention.png, metrics.json")
     return metrics
 

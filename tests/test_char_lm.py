@@ -12,7 +12,7 @@ def test_char_lm_tiny_run(tmp_path, capsys):
     out = tmp_path / "out"
     m = char_lm.main(["--data", str(text), "--steps", "4", "--eval-every", "2", "--eval-batches", "2",
                       "--block-size", "16", "--embed-dim", "16", "--num-heads", "2", "--layers", "1",
-                      "--sample-length", "40", "--out", str(out)])
+                      "--sample-length", "40", "--no-progress", "--out", str(out)])
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("val_loss", "train_loss", "bigram_val_loss", "steps", "train_seconds", "tokens_per_second", "config"):
         assert key in saved
