@@ -27,7 +27,7 @@ from autograd import backend
 from autograd.backend import host as np
 from demos.cli import positive_int
 from demos.next_token import train_next_token
-from minattn import GPT, Adam, Tensor, manual_seed, no_grad
+from minattn import GPT, Adam, Tensor, checkpoint, manual_seed, no_grad
 from minattn import functional as F
 from minattn.gpt import POSITIONS
 
@@ -57,7 +57,14 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seeds the parameters, the batches and the samples")
     p.add_argument("--out", default="runs/char_lm", help="folder for the figures and metrics.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
+                   help="write --out/checkpoint.npz every N steps (a multiple of --eval-every) and at the last one")
+    p.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue from a checkpoint: model, Adam, the batch stream and the loss curve restored, so the "
+                        "run equals an uninterrupted one bit for bit (NumPy); --steps is the total")
     args = p.parse_args(argv)
+    if args.checkpoint_every is not None and args.checkpoint_every % args.eval_every:
+        p.error(f"--checkpoint-every {args.checkpoint_every} must be a multiple of --eval-every {args.eval_every}")
     if args.embed_dim % args.num_heads:
         p.error(f"--embed-dim {args.embed_dim} must be divisible by --num-heads {args.num_heads}")
     return args
@@ -96,6 +103,35 @@ def mean_loss(model, batches):
     return float(np.mean(losses))
 
 
+RUN_OPTIONS = ("steps", "out", "no_progress", "checkpoint_every", "resume", "samples", "sample_every", "sample_length",
+               "temperature", "top_k", "top_p")
+"""Options that may change between a run and its resumption; every other option must be the checkpoint's."""
+
+
+def save_checkpoint(model, optimizer, rng, args, trained, curve, seconds):
+    """--out/checkpoint.npz: the model, Adam, the batch stream, autograd's random streams, the curve and the time."""
+    config = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
+    checkpoint.save(os.path.join(args.out, "checkpoint.npz"), model, optimizer, step=trained,
+                    data_rng=rng.bit_generator.state, rng=checkpoint.rng_state(), config=config, curve=curve,
+                    train_seconds=seconds)
+
+
+def resume(path, model, optimizer, rng, args):
+    """Restore a run from ``path``: (steps trained, curve, seconds). ValueError if it was trained with other options
+    or is past --steps (checked before the model is touched)."""
+    extra = checkpoint.read_extra(path)
+    now = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
+    differ = [k for k in sorted(set(now) | set(extra["config"])) if now.get(k) != extra["config"].get(k)]
+    if differ:
+        raise ValueError(f"--resume {path}: the checkpoint was trained with other options: {', '.join(differ)}")
+    if extra["step"] > args.steps:
+        raise ValueError(f"--resume {path}: the checkpoint is at step {extra['step']}, past --steps {args.steps}")
+    checkpoint.load(path, model, optimizer)
+    rng.bit_generator.state = extra["data_rng"]
+    checkpoint.set_rng_state(extra["rng"])
+    return extra["step"], extra["curve"], extra["train_seconds"]
+
+
 def sample(model, encode, args, count):
     """``count`` samples of --sample-length characters after a newline, with the KV cache (host int arrays)."""
     prompt = backend.asarray(np.array([[encode.get("\n", 0)]] * count))
@@ -127,7 +163,9 @@ def main(argv=None):
           f"({floor / math.log(2):.3f} bits) per character")
     optimizer = Adam(model.parameters(), lr=args.lr)
     curve, trained, seconds = {"step": [], "train": [], "val": []}, 0, 0.0
-    bar = tqdm(total=args.steps, disable=args.no_progress, desc="training", unit="step")
+    if args.resume:
+        trained, curve, seconds = resume(args.resume, model, optimizer, rng, args)
+    bar = tqdm(total=args.steps, initial=trained, disable=args.no_progress, desc="training", unit="step")
     tokens_per_step = args.batch_size * args.block_size
 
     def show(loss):                                         # the bar: loss every 10 steps (a sync on CuPy)
@@ -150,6 +188,9 @@ def main(argv=None):
         speed = trained * args.batch_size * args.block_size / seconds              # tokens per second
         bar.write(f"step {trained}: train {curve['train'][-1]:.4f}, val {curve['val'][-1]:.4f} nats/char "
               f"({curve['val'][-1] / math.log(2):.3f} bits); {speed:,.0f} tokens/s")
+        if args.checkpoint_every and (trained % args.checkpoint_every == 0 or trained == args.steps):
+            os.makedirs(args.out, exist_ok=True)
+            save_checkpoint(model, optimizer, rng, args, trained, curve, seconds)
         if args.sample_every and trained % args.sample_every == 0:
             bar.write("--- sample ---\n" + "".join(chars[i] for i in sample(model, encode, args, 1)[0][1:]))
     bar.close()

@@ -25,3 +25,23 @@ def test_char_lm_tiny_run(tmp_path, capsys):
 def test_default_corpus_is_the_standard_librarys():
     """No file needed: Python's pydoc_data.topics, about 465,000 characters."""
     assert 400_000 < len(char_lm.load_text(None)) < 600_000
+
+
+def test_resume_repeats_the_uninterrupted_run_bit_for_bit(tmp_path):
+    """4 steps in one go, and 2 steps + --resume to 4: the same train and validation losses, to the bit; a checkpoint
+    trained with other options is refused."""
+    import pytest
+    text = tmp_path / "text.txt"
+    text.write_text("pack my box with five dozen liquor jugs. " * 50, encoding="utf-8")
+    common = ["--data", str(text), "--eval-every", "2", "--eval-batches", "2", "--block-size", "16", "--embed-dim",
+              "16", "--num-heads", "2", "--layers", "1", "--sample-length", "8", "--no-progress"]
+    whole = char_lm.main(common + ["--steps", "4", "--out", str(tmp_path / "whole")])
+    first = tmp_path / "first"
+    char_lm.main(common + ["--steps", "2", "--checkpoint-every", "2", "--out", str(first)])
+    resumed = char_lm.main(common + ["--steps", "4", "--resume", str(first / "checkpoint.npz"),
+                                     "--out", str(tmp_path / "resumed")])
+    assert resumed["curve"] == whole["curve"]
+    with pytest.raises(ValueError, match=r"trained with other options: layers"):
+        other = [("2" if a == "1" and common[i - 1] == "--layers" else a) for i, a in enumerate(common)]
+        char_lm.main(other + ["--steps", "4", "--resume", str(first / "checkpoint.npz"),
+                              "--out", str(tmp_path / "other")])
