@@ -154,3 +154,63 @@ def copy_step(args, batch, positions, seed=0):
         optimizer.step()
 
     return run
+
+
+class CharGPT(nn.Module):
+    """minattn's GPT in PyTorch, layer for layer (nanoGPT's architecture as minattn builds it): token + learned
+    position embeddings, pre-LN blocks of causal nn.MultiheadAttention (with biases) and a ReLU FFN of width 4d, a
+    final LayerNorm, the output tied to the token embedding. The same parameter count as minattn.GPT."""
+
+    def __init__(self, vocab_size, block_size, embed_dim, num_heads, num_layers):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, embed_dim)
+        self.pos = nn.Embedding(block_size, embed_dim)
+        self.blocks = nn.ModuleList(_CharBlock(embed_dim, num_heads) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, idx):
+        """idx (B, T) → logits (B, T, V)."""
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))                 # (B, T, d)
+        mask = nn.Transformer.generate_square_subsequent_mask(idx.shape[1])      # (T, T) −inf above the diagonal
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x) @ self.tok.weight.T                                  # (B, T, V)
+
+
+class _CharBlock(nn.Module):
+    def __init__(self, embed_dim, num_heads):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(embed_dim), nn.LayerNorm(embed_dim)
+        self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(embed_dim, 4 * embed_dim), nn.ReLU(), nn.Linear(4 * embed_dim, embed_dim))
+
+    def forward(self, x, mask):
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False, is_causal=True)[0]
+        return x + self.ffn(self.ln2(x))
+
+
+def char_lm_trainer(config, seed=0):
+    """(step(x, y), val_loss(batches), num_parameters) for CharGPT with Adam(lr) and clipping at 1, as demos.char_lm."""
+    torch.manual_seed(seed)
+    model = CharGPT(config["vocab_size"], config["block_size"], config["embed_dim"], config["num_heads"],
+                    config["layers"]).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+
+    def step(x, y):
+        logits = model(torch.as_tensor(x))
+        loss = TF.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.as_tensor(y).reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    def val_loss(batches):
+        model.eval()
+        with torch.no_grad():
+            losses = [TF.cross_entropy(model(torch.as_tensor(x)).reshape(-1, config["vocab_size"]),
+                                       torch.as_tensor(y).reshape(-1)).item() for x, y in batches]
+        model.train()
+        return float(np.mean(losses))
+
+    return step, val_loss, sum(p.numel() for p in model.parameters())

@@ -15,9 +15,11 @@ It measures, in one process:
     torch.set_num_threads = minattn's threads (autograd/parallel.py), timed in alternation with minattn's (blocks of
     NumPy calls and of PyTorch calls, taking turns, seconds apart: bench/measure.py), so both sides of a ratio see
     the same machine.
- 4. greedy decoding of the copy-task model with and without the key/value cache: ms per token against the length
+ 4. the character-level GPT of demos.char_lm and the same model in PyTorch, trained side by side on the same
+    batches: ms per step and validation loss after the same steps (bench/char_lm.py).
+ 5. greedy decoding of the copy-task model with and without the key/value cache: ms per token against the length
     (bench/decoding.py).
- 5. dense vs flash attention, time and peak memory against L (B=1, h=8, head dim 32): the figure.
+ 6. dense vs flash attention, time and peak memory against L (B=1, h=8, head dim 32): the figure.
 Then it prints one table — ms (median), GFLOP/s (matrix products only, formulas in bench/flops.py), fraction of
 the peak, minattn ÷ PyTorch ratios, peak memory — and writes results.json, table.txt and the figure to --out.
 
@@ -39,6 +41,7 @@ import numpy as np   # noqa: E402
 
 from autograd import backend, parallel   # noqa: E402
 from bench import cases_minattn, decoding, figure, flops, measure   # noqa: E402
+from bench import char_lm as char_lm_bench   # noqa: E402
 
 SHAPES = ((8, 128, 256, 8), (4, 512, 256, 8), (1, 2048, 256, 8), (32, 16, 64, 4))   # (B, L, E, h)
 QUICK_SHAPES = ((32, 16, 64, 4), (8, 128, 256, 8))
@@ -342,6 +345,9 @@ def _run(args, argv, started, log):
     log("rows")
     measure_rows(bench, shapes)
 
+    log("character-level GPT, side by side")
+    char_lm_steps = char_lm_bench.QUICK_STEPS if args.quick else char_lm_bench.STEPS
+    char_lm_result = char_lm_bench.measure(torch_cases, char_lm_steps)
     log("greedy decoding with and without the KV cache")
     decoding_rows = decoding.measure(decoding.QUICK_LENGTHS if args.quick else decoding.LENGTHS)
 
@@ -388,6 +394,8 @@ def _run(args, argv, started, log):
         "",
         format_table(bench.rows),
         "",
+        char_lm_bench.format_table(char_lm_result),
+        "",
         decoding.format_table(decoding_rows),
         "",
         "notes:"] + [f"  - {n}" for n in notes]
@@ -408,7 +416,8 @@ def _run(args, argv, started, log):
                "load_average": {"start": load_start, "end": load_end}, "threads": threads,
                "blas_threads": blas, "blas_threads_source": blas_source,
                "matmul_peak": {"start": peak_start, "end": peak_end, "peak_gflops": peak},
-               "torch": torch_info, "rows": bench.rows, "decoding": decoding_rows, "figure": fig_result,
+               "torch": torch_info, "rows": bench.rows, "char_lm": char_lm_result, "decoding": decoding_rows,
+               "figure": fig_result,
                "notes": notes, "profile": profile,
                "wall_s": round(wall, 1)}
     os.makedirs(args.out, exist_ok=True)

@@ -51,6 +51,8 @@ def test_quick_run_prints_table_and_writes_results(tmp_path):
     assert (out / "table.txt").exists() and (out / "dense_vs_flash.png").stat().st_size > 0
     assert results["figure"]["dense"][0]["L"] == 512
     assert "greedy decoding, ms per generated token" in stdout
+    assert "character-level GPT (demos.char_lm" in stdout
+    assert results["char_lm"]["steps"] == 6 and results["char_lm"]["minattn_ms"] > 0 and "torch_ms" not in results["char_lm"]
     assert [r["T"] for r in results["decoding"]] == [16, 32]
     assert all(r["cached_ms_per_token"] > 0 and r["recomputed_ms_per_token"] > 0 for r in results["decoding"])
 

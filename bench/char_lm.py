@@ -1,0 +1,72 @@
+"""The character-level GPT of demos.char_lm, minattn against the same model in PyTorch, side by side: the same
+configuration (nanoGPT's baby GPT: 4 layers, 4 heads, width 128, block 64, batch 12), the same batches of the default
+corpus in the same order, timed in alternating blocks of 25 steps; then the validation loss of both on the same fixed
+batches after the same number of steps (their initial weights differ: different random streams)."""
+import statistics
+import time
+
+import numpy as np
+
+from demos import char_lm
+from demos.next_token import train_next_token
+from minattn import GPT, Adam, manual_seed
+
+STEPS, QUICK_STEPS = 300, 6
+BLOCK, PAUSE_S = 25, 0.25
+"""Steps per turn of each library, and the pause between turns."""
+
+
+def measure(torch_cases, steps):
+    """{"minattn_ms", "torch_ms", "ratio", "minattn_val_loss", "torch_val_loss", "val_loss_difference", ...}."""
+    args = char_lm.parse_args(["--steps", str(steps)])
+    text = char_lm.load_text(None)
+    chars = sorted(set(text))
+    encode = {c: i for i, c in enumerate(chars)}
+    data = np.array([encode[c] for c in text], dtype=np.int64)
+    cut = int(0.9 * len(data))
+    train, val = data[:cut], data[cut:]
+    fixed = np.random.default_rng(2)
+    val_batches = [char_lm.batch_at(val, fixed.integers(0, len(val) - args.block_size - 1, args.batch_size),
+                                    args.block_size) for _ in range(args.eval_batches)]
+    rng = np.random.default_rng(1)
+    batches = [char_lm.batch_at(train, rng.integers(0, len(train) - args.block_size - 1, args.batch_size),
+                                args.block_size) for _ in range(steps)]
+    manual_seed(0)
+    model = GPT(len(chars), args.block_size, args.embed_dim, args.num_heads, args.layers)
+    optimizer = Adam(model.parameters(), lr=args.lr)
+    config = {"vocab_size": len(chars), "block_size": args.block_size, "embed_dim": args.embed_dim,
+              "num_heads": args.num_heads, "layers": args.layers, "lr": args.lr}
+    torch_step, torch_val, torch_parameters = torch_cases.char_lm_trainer(config) if torch_cases else (None,) * 3
+    ours, theirs = [], []
+    for first in range(0, steps, BLOCK):                        # blocks of steps, taking turns, with a pause between
+        for x, y in batches[first:first + BLOCK]:               # (call by call, each library's spinning worker
+            start = time.perf_counter()                         # threads would slow the other: bench/measure.py)
+            train_next_token(model, lambda: (x, y), 1, optimizer=optimizer)
+            ours.append(time.perf_counter() - start)
+        if torch_step is not None:
+            time.sleep(PAUSE_S)
+            for x, y in batches[first:first + BLOCK]:
+                start = time.perf_counter()
+                torch_step(x, y)
+                theirs.append(time.perf_counter() - start)
+            time.sleep(PAUSE_S)
+    result = {"steps": steps, "batch": args.batch_size, "block": args.block_size,
+              "num_parameters": model.num_parameters(), "minattn_ms": statistics.median(ours) * 1e3,
+              "minattn_val_loss": char_lm.mean_loss(model, val_batches)}
+    if torch_step is not None:
+        result.update(torch_ms=statistics.median(theirs) * 1e3, torch_val_loss=torch_val(val_batches),
+                      torch_num_parameters=torch_parameters)
+        result["ratio"] = result["minattn_ms"] / result["torch_ms"]
+        result["val_loss_difference"] = result["minattn_val_loss"] / result["torch_val_loss"] - 1
+    return result
+
+
+def format_table(r):
+    """The result as text."""
+    line = (f"character-level GPT (demos.char_lm, {r['num_parameters']:,} parameters, batch {r['batch']} × block "
+            f"{r['block']}), {r['steps']} steps on the same batches: minattn {r['minattn_ms']:.1f} ms/step, validation "
+            f"loss {r['minattn_val_loss']:.4f}")
+    if "torch_ms" in r:
+        line += (f"; PyTorch {r['torch_ms']:.1f} ms/step ({r['ratio']:.2f}×), validation loss "
+                 f"{r['torch_val_loss']:.4f} ({r['val_loss_difference']:+.1%})")
+    return line
