@@ -50,10 +50,13 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from autograd.backend import BACKEND, broadcast_shape, xp
 
-MIN_WORK = 32_000_000
+MIN_WORK = 64_000_000
 """Below this many multiply-adds (roughly, see ``work``) a function runs once on the whole arrays, in the calling
 thread: handing a chunk to another thread costs ~20-40 µs, and two threads taking turns at the GIL between small
-NumPy calls cost more (measured on 2 cores: LayerNorm on (832, 64) rows took 640 µs in 2 chunks, 306 µs whole)."""
+NumPy calls cost more (measured on 2 cores: LayerNorm on (832, 64) rows took 640 µs in 2 chunks, 306 µs whole).
+64M rather than 32M keeps a small model's attention backward (a d = 128, L = 64 GPT: ~38M) whole like its forward,
+so that its Linears stay on the BLAS's threads too (see map_batch): its training step went from ~1.6× to ~1.2×
+PyTorch's, the bench's bigger shapes unchanged."""
 
 CHUNK_WORK = 128_000_000
 """About this many multiply-adds per chunk of a matrix op (``core_ndim`` ≥ 2: an (L, E) by (S, E) product makes an
@@ -68,6 +71,7 @@ _pool = None                 # the worker threads, made on first use
 _pool_lock = threading.Lock()   # guards _pool: set_num_threads may replace it while another thread runs
 _busy = threading.Lock()     # one threaded run at a time: a nested or concurrent run goes serial (see run)
 _blas = None                 # threadpoolctl's controllers of the BLAS libraries NumPy loaded, found on first use
+_matrix_ops_chunked = True   # did the last matrix op (attention) run in chunks? Row-wise ops follow it (map_batch)
 
 
 # --- how many threads ------------------------------------------------------------------------------------------------
@@ -282,11 +286,16 @@ def map_batch(fn, *arrays, core_ndim=2, grads_for=None, one_chunk_per_thread=Fal
             few chunks as threads, as for a row-wise op, instead of chunks of CHUNK_WORK.
         whole: keyword arguments given whole to every chunk.
     """
+    global _matrix_ops_chunked
     cores = core_ndim if isinstance(core_ndim, tuple) else (core_ndim,) * len(arrays)
     total = work(arrays, cores) if BACKEND == "numpy" else 0
-    matrix_op = max(cores, default=0) >= 2 and not one_chunk_per_thread   # (L, S) temporaries: CHUNK_WORK chunks
-    parts = () if total < MIN_WORK else chunks(batch_shape(arrays, cores), total,
-                                               chunk_work=None if matrix_op else max(total, 1))
+    row_wise = max(cores, default=0) < 2
+    matrix_op = not row_wise and not one_chunk_per_thread      # (L, S) temporaries: chunks of CHUNK_WORK
+    if not row_wise:
+        _matrix_ops_chunked = total >= MIN_WORK                 # what the attention of this model does
+    big = total >= MIN_WORK and (not row_wise or _matrix_ops_chunked)
+    parts = () if not big else chunks(batch_shape(arrays, cores), total,
+                                      chunk_work=None if matrix_op else max(total, 1))
     if len(parts) <= 1:
         if get_num_threads() > 1 or BACKEND != "numpy":
             return fn(*arrays, **whole)              # one piece: the BLAS threads its products as it sees fit

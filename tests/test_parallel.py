@@ -76,6 +76,12 @@ def _cut_axis(part):
 # ---------------------------------------------------------------------------------------------------------------------
 # fixtures
 # ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def matrix_ops_were_chunked(monkeypatch):
+    """Every test starts as after a chunked attention (row-wise ops then follow MIN_WORK alone); restored after."""
+    monkeypatch.setattr(parallel, "_matrix_ops_chunked", True)
+
+
 @pytest.fixture
 def forced(monkeypatch):
     """Chunking forced on any machine: MIN_WORK = 0, a tiny CHUNK_WORK and THREADS threads; the thread count the
@@ -1042,6 +1048,7 @@ def _unchunked(log, fn, arrays, dtype, requires):
     """fn's output and gradients from one call of each math function on the whole arrays (MIN_WORK huge; checked)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(parallel, "MIN_WORK", HUGE)
+        patch.setattr(parallel, "_matrix_ops_chunked", parallel._matrix_ops_chunked)   # given back afterwards
         log.clear()
         whole = _forward_backward(fn, arrays, dtype, requires)
         assert log.counts and set(log.counts) == {1}, log.counts
@@ -1329,3 +1336,27 @@ def test_gradcheck_flash_chunked(chunk_log, rng):
     mask = _row_mask(rng, (3, 1, 5, 6), p=0.3)
     _gradcheck_chunked(chunk_log, lambda *t: FlashAttentionFunction.apply(
         *t, mask=dev(mask), scale=0.7, causal=True, block_size=2), [q, k, v])
+
+
+def test_row_wise_ops_follow_the_last_matrix_op(monkeypatch, rng):
+    """A big row-wise op (Linear) is cut into chunks while the last matrix op (attention) was, and runs whole — its
+    products left to the BLAS's threads — after an attention small enough to run whole: mixing BLAS-threaded and
+    chunked work is what costs (autograd/parallel.py)."""
+    if backend.BACKEND != "numpy":
+        pytest.skip(NO_CHUNKS_ON_CUPY)
+    monkeypatch.setattr(parallel, "MIN_WORK", 1000)
+    parallel.set_num_threads(2)
+    calls = []
+    monkeypatch.setattr(parallel, "run", lambda task, count: (calls.append(count), [task(i) for i in range(count)]))
+    x, w = rng.standard_normal((40, 30)), rng.standard_normal((20, 30))
+    linear = lambda: parallel.map_batch(lambda a, weight: a @ weight.T, x, core_ndim=1, weight=w)   # noqa: E731
+    small = rng.standard_normal((1, 2, 2))
+    try:
+        parallel.map_batch(lambda a: a, rng.standard_normal((6, 20, 20)))    # a big matrix op: chunked
+        linear()
+        assert calls == [2, 2]
+        parallel.map_batch(lambda a: a, small)                                  # a small one: whole
+        linear()
+        assert calls == [2, 2]                                                  # the Linear ran whole too
+    finally:
+        parallel.set_num_threads(None)
