@@ -50,12 +50,13 @@ class CrossEntropyFunction(Function):
     def forward(ctx, logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
         options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing)
         losses, log_p = parallel.map_batch(cross_entropy_forward, logits, target, core_ndim=(1, 0), **options)
-        count = max(int((target != ignore_index).sum()), 1) if reduction == "mean" else 1   # rows averaged over
+        count = xp.maximum((target != ignore_index).sum(), 1).astype(logits.dtype) if reduction == "mean" \
+            else logits.dtype.type(1)                                  # ()  rows averaged over, kept on the device
         ctx.save_for_backward(log_p, target)
         ctx.options, ctx.reduction, ctx.count = options, reduction, count
         if reduction == "none":
             return losses                                              # (N,)
-        return losses.sum() / logits.dtype.type(count)                 # ()
+        return losses.sum() / count                                     # ()
 
     @staticmethod
     def backward(ctx, grad):
