@@ -19,3 +19,19 @@ def t64(array, requires_grad=True):
 def host(x):
     """Host NumPy copy of a Tensor or backend array."""
     return backend.to_numpy(x.data if isinstance(x, Tensor) else x)
+
+
+def mha_dense_and_flash(x, embed_dim, num_heads, seed, **options):
+    """Run ``MultiHeadAttention(embed_dim, num_heads, **options)`` in float64 on host array x (self-attention,
+    is_causal=True) once per attn_impl, 'dense' then 'flash', from the same seed, and backpropagate out.sum().
+    Returns one (out, x_grad, layer) per impl: out and x_grad as host arrays."""
+    from minattn import MultiHeadAttention, manual_seed
+    runs = []
+    for impl in ("dense", "flash"):
+        manual_seed(seed)
+        layer = MultiHeadAttention(embed_dim, num_heads, dtype="float64", attn_impl=impl, **options)
+        t = t64(x)
+        out = layer(t, t, t, is_causal=True)
+        out.sum().backward()
+        runs.append((host(out), host(t.grad), layer))
+    return runs

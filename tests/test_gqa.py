@@ -17,7 +17,7 @@ from autograd import Tensor, backend, gradcheck, ops
 from minattn import MultiHeadAttention, manual_seed
 from minattn import functional as F
 from minattn.fused.attention import attention_reference
-from tests.conftest import host, t64
+from tests.conftest import host, mha_dense_and_flash, t64
 
 TIGHT = dict(rtol=1e-12, atol=1e-12)
 CASES = [(8, 2), (8, 1), (6, 3), (4, 4)]        # (h, h_kv): GQA, MQA, an odd group, plain MHA
@@ -131,15 +131,8 @@ def test_num_kv_heads_equal_to_num_heads_is_plain_multi_head_attention(rng):
 
 def test_gqa_flash_path_equals_dense_path(rng):
     """attn_impl='flash' with num_kv_heads groups the heads the same way: output and gradients as the dense path."""
-    x = rng.standard_normal((2, 9, 8))
-    grads = []
-    for impl in ("dense", "flash"):
-        manual_seed(1)
-        layer = MultiHeadAttention(8, 4, num_kv_heads=2, dtype="float64", attn_impl=impl, block_size=4)
-        t = t64(x)
-        out = layer(t, t, t, is_causal=True)
-        out.sum().backward()
-        grads.append((host(out), host(t.grad), host(layer.W_k.weight.grad)))
+    runs = mha_dense_and_flash(rng.standard_normal((2, 9, 8)), 8, 4, seed=1, num_kv_heads=2, block_size=4)
+    grads = [(out, x_grad, host(layer.W_k.weight.grad)) for out, x_grad, layer in runs]
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 

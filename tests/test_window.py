@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from autograd import Tensor, backend, gradcheck
-from minattn import MultiHeadAttention, manual_seed, masks
+from minattn import MultiHeadAttention, masks
 from minattn import functional as F
 from minattn.fused import flash_attention as flash_module
-from tests.conftest import host, t64
+from tests.conftest import host, mha_dense_and_flash, t64
 
 TIGHT = dict(rtol=1e-12, atol=1e-12)
 
@@ -75,15 +75,8 @@ def test_gradcheck_flash_window(rng):
 
 def test_multi_head_attention_window_dense_equals_flash(rng):
     """MultiHeadAttention(window=4): the dense and the flash path give the same output and input gradient."""
-    x = rng.standard_normal((2, 11, 8))
-    results = []
-    for impl in ("dense", "flash"):
-        manual_seed(0)
-        layer = MultiHeadAttention(8, 2, window=4, dtype="float64", attn_impl=impl, block_size=3)
-        t = t64(x)
-        out = layer(t, t, t, is_causal=True)
-        out.sum().backward()
-        results.append((host(out), host(t.grad)))
+    runs = mha_dense_and_flash(rng.standard_normal((2, 11, 8)), 8, 2, seed=0, window=4, block_size=3)
+    results = [(out, x_grad) for out, x_grad, _ in runs]
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
