@@ -1,28 +1,34 @@
 """Layer normalisation over the last axis, fused, with the backward written by hand; and its twin from primitives."""
 from autograd import parallel
-from autograd.backend import colsum, rowsum, xp
+from autograd.backend import colsum, rowdot, rowsum, xp
 from autograd.function import Function
 
 
 def layer_norm_forward(x, residual, gamma, beta, eps):
-    """The forward of LayerNormFunction on whole arrays: returns (y, x̂, r)."""
+    """The forward of LayerNormFunction on whole arrays: returns (y, x̂, r). In place only on arrays made here."""
     if residual is not None:
         x = x + residual                                              # (..., D)  the sum that is normalised
-    mu = rowsum(x) / x.shape[-1]                                      # (..., 1)  μ = mean(x)
-    xc = x - mu                                                       # (..., D)  x − μ
-    rstd = 1 / xp.sqrt(rowsum(xc * xc) / x.shape[-1] + eps)           # (..., 1)  r = 1/√(σ² + ε)
-    x_hat = xc * rstd                                                 # (..., D)  x̂
-    return x_hat * gamma + beta, x_hat, rstd                          # (..., D)  y = γ ∘ x̂ + β
+    size = x.shape[-1]                                                # D
+    mu = rowsum(x) / size                                             # (..., 1)  μ = mean(x)
+    x_hat = x - mu                                                    # (..., D)  x − μ
+    rstd = 1 / xp.sqrt(rowdot(x_hat, x_hat) / size + eps)             # (..., 1)  r = 1/√(σ² + ε), σ² = mean((x − μ)²)
+    x_hat *= rstd                                                     # (..., D)  x̂ = (x − μ) r
+    y = x_hat * gamma                                                 # (..., D)  γ ∘ x̂
+    y += beta                                                         # (..., D)  y = γ ∘ x̂ + β
+    return y, x_hat, rstd
 
 
 def layer_norm_backward(x_hat, rstd, grad_y, gamma):
-    """The backward of LayerNormFunction on whole arrays: returns (dx, dγ, dβ)."""
+    """The backward of LayerNormFunction on whole arrays: returns (dx, dγ, dβ). In place only on arrays made here."""
     rows_g = grad_y.reshape(-1, grad_y.shape[-1])                     # (N, D)
     d_gamma = colsum(rows_g * x_hat.reshape(rows_g.shape))           # (D,)     dγ = Σ_rows dy ∘ x̂
     d_beta = colsum(rows_g)                                           # (D,)     dβ = Σ_rows dy
-    d_xhat = grad_y * gamma                                           # (..., D) dx̂ = dy ∘ γ
     size = x_hat.shape[-1]                                            # D
-    dx = rstd * (d_xhat - rowsum(d_xhat) / size - x_hat * (rowsum(d_xhat * x_hat) / size))   # (..., D)
+    dx = grad_y * gamma                                               # (..., D) dx̂ = dy ∘ γ
+    mean_dxhat, mean_dxhat_xhat = rowsum(dx) / size, rowdot(dx, x_hat) / size   # (..., 1) mean(dx̂), mean(dx̂ ∘ x̂)
+    dx -= mean_dxhat                                                  # (..., D) dx̂ − mean(dx̂)
+    dx -= x_hat * mean_dxhat_xhat                                     # (..., D)   − x̂ ∘ mean(dx̂ ∘ x̂)
+    dx *= rstd                                                        # (..., D) dx = r (dx̂ − mean(dx̂) − x̂ ∘ mean(dx̂ ∘ x̂))
     return dx, d_gamma, d_beta
 
 
