@@ -148,11 +148,12 @@ def colsum(a):
 def rowmax(a):
     """max over the last axis, keeping it: (..., n) → (..., 1).
 
-    For rows shorter than 64, NumPy's ``a.max(-1)`` restarts its loop on every row; reducing over the first axis of
-    the transposed copy runs one vectorised loop instead (measured on (N, 13) rows: ~4×). Same values.
+    For rows of 64 or fewer, NumPy's ``a.max(-1)`` restarts its loop on every row; reducing over the first axis of
+    the transposed copy runs one vectorised loop instead (measured on (N, 13) rows: ~4×; on (N, 64): 147 against
+    184 µs). Same values.
     """
     n = a.shape[-1]
-    if xp is not numpy or n >= 64 or a.size == 0:
+    if xp is not numpy or n > 64 or a.size == 0:
         return a.max(axis=-1, keepdims=True)
     columns = xp.ascontiguousarray(a.reshape(-1, n).T)                # (n, rows)
     return columns.max(axis=0).reshape(a.shape[:-1] + (1,))

@@ -1,6 +1,6 @@
 """Softmax and masked softmax, fused, with the backward written by hand; and its twin from engine primitives."""
 from autograd import ops, parallel
-from autograd.backend import rowdot, rowmax, rowsum, xp
+from autograd.backend import broadcast_shape, rowdot, rowmax, rowsum, xp
 from autograd.function import Function
 from autograd.ops import sum_to
 from autograd.tensor import Tensor
@@ -8,20 +8,24 @@ from autograd.tensor import Tensor
 
 def softmax_(a, mask=None, bias=None):
     """P = softmax(A + bias) over the last axis, entries where ``mask`` is False excluded, computed IN PLACE in the
-    scores ``a`` (PyTorch's trailing underscore) — for scores a formula has just made and needs no more. With a mask
-    or bias, P lives in the new array that adding them makes, and ``a`` is left as it was.
+    scores ``a`` (PyTorch's trailing underscore) — for scores a formula has just made and needs no more. Only a mask
+    or bias wider than A (more batch axes) makes a new array, of their broadcast shape.
 
-    Masked scores become -inf BEFORE the max is subtracted, so they get weight exactly 0. A row with every entry
-    masked has max -inf; we subtract 0 there instead (never -inf - -inf = NaN) and divide by 1 instead of 0, so the
-    row's weights are all 0: it attends to nothing. (d2l fills with -1e6 instead, which makes such a row uniform:
-    it silently attends to padding. PyTorch's SDPA has returned zeros here since 2024.)
+    Masked scores become -inf BEFORE the max is subtracted, so they get weight exactly 0 (replaced, not added to: a
+    NaN or inf score under the mask is gone too). A row with every entry masked has max -inf; we subtract 0 there
+    instead (never -inf - -inf = NaN) and divide by 1 instead of 0, so the row's weights are all 0: it attends to
+    nothing. (d2l fills with -1e6 instead, which makes such a row uniform: it silently attends to padding. PyTorch's
+    SDPA has returned zeros here since 2024.)
     """
     if a.shape[-1] == 0:                                              # no keys at all: nothing to weigh
         return a
+    full = broadcast_shape(a.shape, *(x.shape for x in (mask, bias) if x is not None))
+    if full != a.shape:                                               # a mask or bias wider than A
+        a = xp.broadcast_to(a, full).copy()                           # (..., L, S)
     if bias is not None:
-        a = a + bias                                                  # (..., L, S)
+        a += bias                                                     # (..., L, S)  A + bias
     if mask is not None:
-        a = xp.where(mask, a, -xp.inf)                                # (..., L, S)  masked → −∞
+        xp.copyto(a, -xp.inf, where=~mask)                            # (..., L, S)  masked → −∞
     m = rowmax(a)                                                     # (..., L, 1)  m_i = max_k A_ik
     a -= xp.where(xp.isfinite(m), m, 0)                               # (..., L, S)  fully masked row: shift by 0
     xp.exp(a, out=a)                                                  # (..., L, S)  exp(A_ik − m_i), 0 where masked
