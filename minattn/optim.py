@@ -1,4 +1,5 @@
-"""Optimizers (SGD with momentum, Adam), the Transformer's warm-up schedule and gradient-norm clipping.
+"""Optimizers (SGD with momentum, Adam), learning-rate schedules (the Transformer's warm-up, nanoGPT's cosine) and
+gradient-norm clipping.
 
 Each optimizer updates ``Parameter.data`` in place from ``Parameter.grad`` under the rules PyTorch documents for
 ``torch.optim.SGD`` and ``torch.optim.Adam``; a parameter whose grad is None is skipped.
@@ -7,6 +8,7 @@ Each optimizer updates ``Parameter.data`` in place from ``Parameter.grad`` under
 the step count, the learning rate and the hyperparameters) so that a run resumed from a checkpoint continues exactly;
 ``minattn.checkpoint`` writes them to disk with the model.
 """
+import math
 import numbers
 
 from autograd import backend
@@ -293,6 +295,48 @@ class WarmupSchedule:
     def lr_at(self, t):
         """The learning rate at step t >= 1."""
         return self.factor * self.embed_dim ** -0.5 * min(t ** -0.5, t * self.warmup_steps ** -1.5)
+
+    def step(self):
+        """Advance one step and set the optimizer's lr."""
+        self.t += 1
+        self.optimizer.lr = self.lr_at(self.t)
+        return self.optimizer.lr
+
+
+class CosineSchedule:
+    """nanoGPT's learning rate: a linear warm-up to ``max_lr``, then half a cosine down to ``min_lr``, then flat.
+
+        lr(t) = max_lr · t / warmup_steps                                                   1 ≤ t ≤ warmup_steps
+        lr(t) = min_lr + ½ (max_lr − min_lr) (1 + cos(π (t − warmup_steps) / (decay_steps − warmup_steps)))
+                                                                                            up to t = decay_steps
+        lr(t) = min_lr                                                                      t > decay_steps
+
+    Call ``step()`` once per optimizer step, before ``optimizer.step()``: it advances t, sets ``optimizer.lr`` and
+    returns it. ``lr_at(t)`` depends on t alone, so a resumed run sets ``t`` to the steps already taken.
+    Raises ValueError unless 0 ≤ warmup_steps < decay_steps (ints) and 0 ≤ min_lr ≤ max_lr (finite).
+    Source: Loshchilov & Hutter 2017 (SGDR, one cycle without restarts); nanoGPT train.py ``get_lr``.
+    """
+
+    def __init__(self, optimizer, max_lr, warmup_steps, decay_steps, min_lr=0.0):
+        steps_ok = all(isinstance(n, int) and not isinstance(n, bool) for n in (warmup_steps, decay_steps))
+        if not steps_ok or not 0 <= warmup_steps < decay_steps:
+            raise ValueError(f"CosineSchedule needs ints 0 <= warmup_steps < decay_steps, got warmup_steps="
+                             f"{warmup_steps!r}, decay_steps={decay_steps!r}")
+        if not (_is_real(max_lr) and _is_real(min_lr) and math.isfinite(max_lr) and 0 <= min_lr <= max_lr):
+            raise ValueError(f"CosineSchedule needs finite 0 <= min_lr <= max_lr, got min_lr={min_lr!r}, "
+                             f"max_lr={max_lr!r}")
+        self.optimizer, self.max_lr, self.min_lr = optimizer, float(max_lr), float(min_lr)
+        self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
+        self.t = 0
+
+    def lr_at(self, t):
+        """The learning rate of step t >= 1."""
+        if t <= self.warmup_steps:
+            return self.max_lr * t / self.warmup_steps
+        if t > self.decay_steps:
+            return self.min_lr
+        progress = (t - self.warmup_steps) / (self.decay_steps - self.warmup_steps)     # 0 → 1
+        return self.min_lr + 0.5 * (self.max_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
 
     def step(self):
         """Advance one step and set the optimizer's lr."""

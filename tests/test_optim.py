@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from autograd import backend
-from minattn import SGD, Adam, Parameter, WarmupSchedule, clip_grad_norm_
+from minattn import SGD, Adam, CosineSchedule, Parameter, WarmupSchedule, clip_grad_norm_
 from tests.conftest import host
 
 TIGHT = dict(rtol=1e-13, atol=1e-15)
@@ -130,6 +130,25 @@ def test_warmup_schedule_values():
     assert lrs[39] == pytest.approx(lrs[9] * np.sqrt(10 / 40), rel=1e-12)
     with pytest.raises(ValueError):
         WarmupSchedule(opt, embed_dim=d, warmup_steps=0)
+
+
+def test_cosine_schedule_values():
+    """Warm-up 2, decay to step 6, max 1, min 0.1: the values worked by hand (cos(π/4) = √2/2)."""
+    p = Parameter(backend.asarray(np.ones(1)))
+    opt = Adam([p], lr=123.0)
+    sched = CosineSchedule(opt, max_lr=1.0, warmup_steps=2, decay_steps=6, min_lr=0.1)
+    lrs = [sched.step() for _ in range(8)]
+    half_root2 = np.sqrt(2) / 2
+    expected = [0.5, 1.0, 0.1 + 0.45 * (1 + half_root2), 0.55, 0.1 + 0.45 * (1 - half_root2), 0.1, 0.1, 0.1]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    assert opt.lr == 0.1
+    no_warmup = CosineSchedule(opt, max_lr=1.0, warmup_steps=0, decay_steps=4)           # straight into the cosine
+    assert no_warmup.lr_at(1) == pytest.approx(0.5 * (1 + half_root2), rel=1e-12)
+    for bad in ({"warmup_steps": 6}, {"warmup_steps": -1}, {"decay_steps": 2.5}, {"min_lr": 2.0},
+                {"min_lr": float("nan")}, {"max_lr": float("inf")}):
+        kwargs = {"max_lr": 1.0, "warmup_steps": 2, "decay_steps": 6, "min_lr": 0.1, **bad}
+        with pytest.raises(ValueError, match="CosineSchedule"):
+            CosineSchedule(opt, **kwargs)
 
 
 def test_clip_grad_norm_scales_to_max_norm(rng):
