@@ -20,6 +20,7 @@ from minattn.layers import Embedding, LayerNorm, Linear, PositionalEncoding, Pos
 from minattn.module import Module, ModuleList
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi")
+INITS = ("pytorch", "gpt2")
 
 
 class GPTBlock(Module):
@@ -49,16 +50,20 @@ class GPT(Module):
         positions: "learned" (default), "sinusoidal", "rope" or "alibi" (see the module docstring).
         num_kv_heads: grouped-query attention (default h); window: a sliding causal window (default none).
         tie_weights: the output layer is the embedding matrix (default True): logits = x Eᵀ, no separate W_out.
+        init: "pytorch" (default): each layer as PyTorch initialises it (Embedding N(0, 1), Linear U(±1/√in));
+            "gpt2": GPT-2's initialisation as nanoGPT applies it (see ``init_gpt2_``).
         dtype: of the parameters (float32 by default).
-    The FFN uses ReLU (minattn has no GELU). Raises ValueError for an unknown ``positions`` (listing the valid
-    ones) and as MultiHeadAttention for bad head counts.
+    The FFN uses ReLU (minattn has no GELU). Raises ValueError for an unknown ``positions`` or ``init`` (listing
+    the valid ones) and as MultiHeadAttention for bad head counts.
     """
 
     def __init__(self, vocab_size, max_len, embed_dim=64, num_heads=4, num_layers=2, ffn_hidden=None, dropout=0.0,
-                 positions="learned", num_kv_heads=None, window=None, tie_weights=True, dtype=None):
+                 positions="learned", num_kv_heads=None, window=None, tie_weights=True, init="pytorch", dtype=None):
         super().__init__()
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(map(repr, POSITIONS))}; got {positions!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {init!r}")
         if num_heads <= 0 or embed_dim % num_heads:       # before any parameter is drawn from the seeded stream
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
         self.vocab_size, self.max_len, self.embed_dim, self.positions = vocab_size, max_len, embed_dim, positions
@@ -72,6 +77,27 @@ class GPT(Module):
                                  for _ in range(num_layers))
         self.final_norm = LayerNorm(embed_dim, dtype=dtype)
         self.output = None if tie_weights else Linear(embed_dim, vocab_size, bias=False, dtype=dtype)
+        if init == "gpt2":
+            self.init_gpt2_()
+
+    def init_gpt2_(self, std=0.02):
+        """GPT-2's initialisation, in place: every embedding and Linear weight ~ N(0, std²), every bias 0, and the two
+        projections that end a residual branch (attention's W_o, the FFN's second Linear) ~ N(0, (std / √(2N))²) for
+        N blocks — each block adds two branches to the residual stream, so its variance then stays about the same at
+        any depth. LayerNorms stay γ = 1, β = 0. Draws from the host stream (``manual_seed``), in parameter order.
+        Source: Radford et al. 2019, §2.3; nanoGPT model.py ``_init_weights``."""
+        rng = backend.host_rng()
+        residual_std = std / (2 * len(self.blocks)) ** 0.5
+        residual_ends = {id(layer.weight) for block in self.blocks for layer in (block.attention.W_o, block.ffn.dense2)}
+        for _, module in self.named_modules():
+            if isinstance(module, LayerNorm):
+                continue                                                             # LayerNorm: γ = 1, β = 0
+            for p in module._parameters.values():
+                if p is getattr(module, "bias", None):
+                    p.data[...] = 0
+                    continue
+                scale = residual_std if id(p) in residual_ends else std
+                p.data[...] = backend.asarray(rng.normal(0.0, scale, p.shape), dtype=p.dtype)
 
     def forward(self, ids, caches=None):
         """ids (B, T) integers → logits (B, T, vocab_size). ``caches``: one KVCache per block while generating: ids

@@ -119,3 +119,35 @@ def test_generation_past_max_len_crops_the_context(rng):
             logits = host(model(Tensor(backend.asarray(sequence[:, start:]))))
             sequence = np.concatenate([sequence, logits[:, -1].argmax(-1)[:, None]], axis=1)
     np.testing.assert_array_equal(generated, sequence)
+
+
+def test_gpt2_init_draws_the_papers_standard_deviations():
+    """init="gpt2": weights ~ N(0, 0.02²); W_o and the FFN's second Linear ~ N(0, (0.02/√(2N))²) with N = 4 blocks;
+    biases 0; LayerNorms γ = 1, β = 0; the same seed gives the same weights. (Sample sizes ≥ 16,384: the standard
+    deviation's relative standard error is ≤ 0.6%, so a 5% band cannot be met by a wrong scale.)"""
+    manual_seed(3)
+    model = GPT(64, 32, embed_dim=128, num_heads=4, num_layers=4, init="gpt2")
+    params = dict(model.named_parameters())
+    residual = 0.02 / np.sqrt(2 * 4)
+    for name, p in params.items():
+        values = host(p)
+        if "norm" in name:
+            assert np.all(values == (1.0 if name.endswith("weight") else 0.0)), name
+        elif name.endswith("bias"):
+            assert np.all(values == 0), name
+        else:
+            expected = residual if name.endswith(("W_o.weight", "ffn.dense2.weight")) else 0.02
+            assert abs(values.std() / expected - 1) < 0.05 and abs(values.mean()) < 0.1 * expected, name
+    manual_seed(3)
+    again = GPT(64, 32, embed_dim=128, num_heads=4, num_layers=4, init="gpt2")
+    assert all(np.array_equal(host(p), host(q)) for p, q in zip(model.parameters(), again.parameters()))
+
+
+def test_unknown_init_is_refused_before_any_draw():
+    """A bad ``init`` names the valid ones, and the parameter stream is left where it was."""
+    manual_seed(5)
+    with pytest.raises(ValueError, match="init must be one of 'pytorch', 'gpt2'; got 'xavier'"):
+        GPT(11, 8, embed_dim=16, num_heads=2, num_layers=1, init="xavier")
+    first = host(GPT(11, 8, embed_dim=16, num_heads=2, num_layers=1).token_embedding.weight)
+    manual_seed(5)
+    assert np.array_equal(first, host(GPT(11, 8, embed_dim=16, num_heads=2, num_layers=1).token_embedding.weight))
