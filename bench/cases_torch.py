@@ -168,6 +168,21 @@ class CharGPT(nn.Module):
         self.blocks = nn.ModuleList(_CharBlock(embed_dim, num_heads) for _ in range(num_layers))
         self.norm = nn.LayerNorm(embed_dim)
 
+    def init_gpt2_(self, std=0.02):
+        """GPT-2's initialisation, as minattn.GPT(init="gpt2"): weights N(0, std²), the residual branches' last
+        projections N(0, (std/√(2N))²), biases 0, LayerNorms 1 and 0."""
+        residual_ends = {id(block.attn.out_proj.weight) for block in self.blocks} | \
+            {id(block.ffn[2].weight) for block in self.blocks}
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.LayerNorm):
+                    continue
+                for name, p in module.named_parameters(recurse=False):
+                    if "bias" in name:
+                        p.zero_()
+                    else:
+                        p.normal_(0.0, std / (2 * len(self.blocks)) ** 0.5 if id(p) in residual_ends else std)
+
     def forward(self, idx):
         """idx (B, T) → logits (B, T, V)."""
         x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))                 # (B, T, d)
@@ -191,11 +206,15 @@ class _CharBlock(nn.Module):
 
 
 def char_lm_trainer(config, seed=0):
-    """(step(x, y), val_loss(batches), num_parameters) for CharGPT with Adam(lr) and clipping at 1, as demos.char_lm."""
+    """(step(x, y), val_loss(batches), num_parameters) for CharGPT initialised as config["init"] says, with Adam
+    (β₂ = config["beta2"]), the learning rate ``config["lr_at"](t)`` at step t and clipping at 1, as demos.char_lm."""
     torch.manual_seed(seed)
     model = CharGPT(config["vocab_size"], config["block_size"], config["embed_dim"], config["num_heads"],
                     config["layers"]).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    if config["init"] == "gpt2":
+        model.init_gpt2_()
+    optimizer = torch.optim.Adam(model.parameters(), betas=(0.9, config["beta2"]))
+    steps_taken = [0]
 
     def step(x, y):
         logits = model(torch.as_tensor(x))
@@ -203,6 +222,9 @@ def char_lm_trainer(config, seed=0):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        steps_taken[0] += 1
+        for group in optimizer.param_groups:
+            group["lr"] = config["lr_at"](steps_taken[0])
         optimizer.step()
 
     def val_loss(batches):

@@ -1,7 +1,8 @@
 """The character-level GPT of demos.char_lm, minattn against the same model in PyTorch, side by side: the same
-configuration (nanoGPT's baby GPT: 4 layers, 4 heads, width 128, block 64, batch 12), the same batches of the default
-corpus in the same order, timed in alternating blocks of 25 steps; then the validation loss of both on the same fixed
-batches after the same number of steps (their initial weights differ: different random streams)."""
+configuration (nanoGPT's baby GPT: 4 layers, 4 heads, width 128, block 64, batch 12; Adam with β₂ 0.99 and the
+demo's cosine learning rate, step for step), the same batches of the default corpus in the same order, timed in
+alternating blocks of 25 steps; then the validation loss of both on the same fixed batches after the same number of
+steps (their initial weights differ: different random streams)."""
 import statistics
 import time
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from demos import char_lm
 from demos.next_token import train_next_token
-from minattn import GPT, Adam, manual_seed
+from minattn import GPT, Adam, CosineSchedule, manual_seed
 
 STEPS, QUICK_STEPS = 300, 6
 BLOCK, PAUSE_S = 25, 0.25
@@ -32,16 +33,18 @@ def measure(torch_cases, steps):
     batches = [char_lm.batch_at(train, rng.integers(0, len(train) - args.block_size - 1, args.batch_size),
                                 args.block_size) for _ in range(steps)]
     manual_seed(0)
-    model = GPT(len(chars), args.block_size, args.embed_dim, args.num_heads, args.layers)
-    optimizer = Adam(model.parameters(), lr=args.lr)
+    model = GPT(len(chars), args.block_size, args.embed_dim, args.num_heads, args.layers, init=args.init)
+    optimizer = Adam(model.parameters(), lr=args.lr, betas=(0.9, args.beta2))
+    schedule = CosineSchedule(optimizer, args.lr, args.warmup_steps, args.lr_decay_steps, args.min_lr)
     config = {"vocab_size": len(chars), "block_size": args.block_size, "embed_dim": args.embed_dim,
-              "num_heads": args.num_heads, "layers": args.layers, "lr": args.lr}
+              "num_heads": args.num_heads, "layers": args.layers, "init": args.init, "beta2": args.beta2,
+              "lr_at": schedule.lr_at}                         # the same learning rate at every step, both sides
     torch_step, torch_val, torch_parameters = torch_cases.char_lm_trainer(config) if torch_cases else (None,) * 3
     ours, theirs = [], []
     for first in range(0, steps, BLOCK):                        # blocks of steps, taking turns, with a pause between
         for x, y in batches[first:first + BLOCK]:               # (call by call, each library's spinning worker
             start = time.perf_counter()                         # threads would slow the other: bench/measure.py)
-            train_next_token(model, lambda: (x, y), 1, optimizer=optimizer)
+            train_next_token(model, lambda: (x, y), 1, optimizer=optimizer, schedule=schedule)
             ours.append(time.perf_counter() - start)
         if torch_step is not None:
             time.sleep(PAUSE_S)

@@ -3,7 +3,10 @@
 The default corpus is already on every machine with Python: the English prose of the standard library's
 ``pydoc_data.topics`` (the text behind ``help('topics')``: 464,970 characters, 103 distinct; © Python Software
 Foundation, PSF License). ``--data PATH`` trains on any UTF-8 text file instead (e.g. tinyshakespeare, to compare
-with nanoGPT's "baby GPT": 4 layers, 4 heads, width 128, block 64, batch 12, 2,000 steps, loss ~1.88).
+with nanoGPT's "baby GPT": 4 layers, 4 heads, width 128, block 64, batch 12, 2,000 steps, loss ~1.88). The
+optimisation is nanoGPT's recipe too: GPT-2's initialisation (``GPT(init="gpt2")``), Adam with β₂ = 0.99, the
+learning rate warmed up over 100 steps to 1e-3 and decayed along a cosine to 1e-4 at step 2,000
+(``minattn.CosineSchedule``), gradients clipped at norm 1.
 
 The last 10% of the text is held out (as nanoGPT). Every --eval-every steps the loss on fixed train and validation
 batches is printed in nats and bits per character, beside the validation loss of a bigram model counted on the
@@ -27,9 +30,9 @@ from autograd import backend
 from autograd.backend import host as np
 from demos.cli import positive_int
 from demos.next_token import train_next_token
-from minattn import GPT, Adam, Tensor, checkpoint, manual_seed, no_grad
+from minattn import GPT, Adam, CosineSchedule, Tensor, checkpoint, manual_seed, no_grad
 from minattn import functional as F
-from minattn.gpt import POSITIONS
+from minattn.gpt import INITS, POSITIONS
 
 
 def parse_args(argv=None):
@@ -44,7 +47,16 @@ def parse_args(argv=None):
     p.add_argument("--num-heads", type=positive_int, default=4, help="attention heads")
     p.add_argument("--layers", type=positive_int, default=4, help="Transformer blocks")
     p.add_argument("--positions", choices=POSITIONS, default="learned", help="how the model knows positions")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    p.add_argument("--init", choices=INITS, default="gpt2",
+                   help="gpt2: weights N(0, 0.02²), residual projections scaled by 1/√(2·layers), as nanoGPT")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's (peak) learning rate")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="cosine: nanoGPT's linear warm-up then cosine decay to --min-lr (minattn.CosineSchedule)")
+    p.add_argument("--warmup-steps", type=int, default=100, help="steps of linear warm-up (cosine schedule)")
+    p.add_argument("--lr-decay-steps", type=positive_int, default=2000,
+                   help="the step where the cosine reaches --min-lr (nanoGPT's lr_decay_iters)")
+    p.add_argument("--min-lr", type=float, default=1e-4, help="the learning rate after the decay (cosine schedule)")
+    p.add_argument("--beta2", type=float, default=0.99, help="Adam's β₂ (nanoGPT's, for small batches)")
     p.add_argument("--eval-every", type=positive_int, default=250, help="steps between two loss measurements")
     p.add_argument("--eval-batches", type=positive_int, default=20, help="fixed batches per loss measurement")
     p.add_argument("--samples", type=positive_int, default=2, help="samples printed at the end")
@@ -65,6 +77,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.checkpoint_every is not None and args.checkpoint_every % args.eval_every:
         p.error(f"--checkpoint-every {args.checkpoint_every} must be a multiple of --eval-every {args.eval_every}")
+    if args.lr_schedule == "cosine" and not 0 <= args.warmup_steps < args.lr_decay_steps:
+        p.error(f"--warmup-steps {args.warmup_steps} must be >= 0 and below --lr-decay-steps {args.lr_decay_steps}")
     if args.embed_dim % args.num_heads:
         p.error(f"--embed-dim {args.embed_dim} must be divisible by --num-heads {args.num_heads}")
     return args
@@ -157,14 +171,19 @@ def main(argv=None):
                  for name, split in (("train", train), ("val", val))}
     floor = bigram_loss(train, val, len(chars))
     manual_seed(args.seed)
-    model = GPT(len(chars), args.block_size, args.embed_dim, args.num_heads, args.layers, positions=args.positions)
+    model = GPT(len(chars), args.block_size, args.embed_dim, args.num_heads, args.layers, positions=args.positions,
+                init=args.init)
     print(f"{len(text):,} characters ({len(chars)} distinct; {len(train):,} train, {len(val):,} validation), "
           f"GPT of {model.num_parameters():,} parameters; bigram floor on validation: {floor:.4f} nats "
           f"({floor / math.log(2):.3f} bits) per character")
-    optimizer = Adam(model.parameters(), lr=args.lr)
+    optimizer = Adam(model.parameters(), lr=args.lr, betas=(0.9, args.beta2))
+    schedule = None if args.lr_schedule == "constant" else \
+        CosineSchedule(optimizer, args.lr, args.warmup_steps, args.lr_decay_steps, args.min_lr)
     curve, trained, seconds = {"step": [], "train": [], "val": []}, 0, 0.0
     if args.resume:
         trained, curve, seconds = resume(args.resume, model, optimizer, rng, args)
+        if schedule is not None:
+            schedule.t = trained                            # the lr of step t depends on t alone
     bar = tqdm(total=args.steps, initial=trained, disable=args.no_progress, desc="training", unit="step")
     tokens_per_step = args.batch_size * args.block_size
 
@@ -179,7 +198,7 @@ def main(argv=None):
         start = time.perf_counter()
         train_next_token(model, lambda: batch_at(train, rng.integers(0, len(train) - args.block_size - 1,
                                                                      args.batch_size), args.block_size),
-                         chunk, optimizer=optimizer, on_step=show)
+                         chunk, optimizer=optimizer, on_step=show, schedule=schedule)
         seconds += time.perf_counter() - start
         trained += chunk
         curve["step"].append(trained)
