@@ -20,7 +20,7 @@ from autograd import tensor_methods  # noqa: F401  (attaches x + y, x.sum(), x.T
 from autograd.gradcheck import gradcheck, GradcheckError
 from autograd.parallel import get_num_threads, set_num_threads
 
-__all__ = ["get_num_threads", "set_num_threads", "BACKEND", "xp", "to_numpy", "asarray", "scatter_add", "manual_seed", "Tensor", "no_grad",
-           "is_grad_enabled", "Function", "Context", "sum_to", "add", "sub", "mul", "div", "neg", "exp", "log",
-           "tanh", "relu", "mean", "reshape", "permute", "transpose", "getitem", "concatenate", "stack",
-           "where", "masked_fill", "matmul", "gradcheck", "GradcheckError"]
+__all__ = ["get_num_threads", "set_num_threads", "BACKEND", "xp", "to_numpy", "asarray", "scatter_add", "manual_seed",
+           "Tensor", "no_grad", "is_grad_enabled", "Function", "Context", "sum_to", "add", "sub", "mul", "div", "neg",
+           "pow", "exp", "log", "tanh", "relu", "sum", "mean", "max", "reshape", "permute", "transpose", "getitem",
+           "concatenate", "stack", "where", "masked_fill", "matmul", "gradcheck", "GradcheckError"]

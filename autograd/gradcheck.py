@@ -44,7 +44,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, max_elements=400, dire
         raise ValueError("gradcheck: no input requires grad")
     for x in checked:
         if x.dtype != backend.float64:
-            raise TypeError(f"gradcheck needs float64 inputs (rounding in float32 swamps the difference); got {x.dtype}")
+            raise TypeError("gradcheck needs float64 inputs (rounding in float32 swamps the difference); "
+                            f"got {x.dtype}")
     originals = [x.data for x in checked]
     try:
         _gradcheck(fn, inputs, checked, eps, atol, rtol, max_elements, directions, cotangents, seed)

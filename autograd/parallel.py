@@ -33,9 +33,10 @@ CHUNK_WORK, a multiple of the thread count when the batch allows, and ``get_num_
 
 The BLAS: while a fused op runs, NumPy's BLAS is held to ONE thread (threadpoolctl), then given back its own count
 — minattn's threads are all the threads it computes on, so 2 chunks never fight 2 BLAS threads for 2 cores. Nothing
-changes at import and nothing stays changed after a call: outside minattn's fused ops the BLAS runs as you set it. (After a multi-threaded call,
-OpenBLAS's idle workers busy-wait ~0.1 s for more work, holding a core: measured on 2 cores, two threads of ``exp``
-ran no faster than one right after a 2-thread matmul. Holding the BLAS at one thread during our runs avoids that.)
+changes at import and nothing stays changed after a call: outside minattn's fused ops the BLAS runs as you set it.
+(After a multi-threaded call, OpenBLAS's idle workers busy-wait ~0.1 s for more work, holding a core: measured on 2
+cores, two threads of ``exp`` ran no faster than one right after a 2-thread matmul. Holding the BLAS at one thread
+during our runs avoids that.)
 CuPy: one piece, always — the GPU is parallel already.
 
 The result is the same as one call on the whole arrays, up to the order of floating-point additions in the summed

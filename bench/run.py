@@ -37,11 +37,11 @@ import traceback
 if __package__ in (None, ""):   # run as a script: python bench/run.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np   # noqa: E402
+import numpy as np  # noqa: E402
 
-from autograd import backend, parallel   # noqa: E402
-from bench import cases_minattn, decoding, figure, flops, measure   # noqa: E402
-from bench import char_lm as char_lm_bench   # noqa: E402
+from autograd import backend, parallel  # noqa: E402
+from bench import cases_minattn, decoding, figure, flops, measure  # noqa: E402
+from bench import char_lm as char_lm_bench  # noqa: E402
 
 SHAPES = ((8, 128, 256, 8), (4, 512, 256, 8), (1, 2048, 256, 8), (32, 16, 64, 4))   # (B, L, E, h)
 QUICK_SHAPES = ((32, 16, 64, 4), (8, 128, 256, 8))
@@ -245,8 +245,8 @@ def format_table(rows):
             if "ms" not in r:
                 lines.append(fmt([WORKLOAD_NAMES.get(workload, workload), shape, impl, "skipped"] + [""] * 7))
                 continue
-            lines.append(fmt([WORKLOAD_NAMES.get(workload, workload), shape, impl, num(r["ms"], ".2f"), iqr(r.get("iqr_pct")),
-                              num(r["gflops"], ".1f"), num(100 * r["frac_peak"], ".1f"),
+            lines.append(fmt([WORKLOAD_NAMES.get(workload, workload), shape, impl, num(r["ms"], ".2f"),
+                              iqr(r.get("iqr_pct")), num(r["gflops"], ".1f"), num(100 * r["frac_peak"], ".1f"),
                               num(r.get("ratio_explicit"), ".2f"), num(r.get("ratio_sdpa"), ".2f"),
                               num(r.get("tracemalloc_mb"), ".1f"), num(r.get("rss_mb"), ".1f")]))
     return "\n".join(lines)
@@ -280,6 +280,7 @@ def load_torch(args, threads, notes, log):
         return None
     try:
         import torch
+
         from bench import cases_torch
     except ImportError as err:
         notes.append(f"PyTorch rows skipped: importing it failed ({err})")

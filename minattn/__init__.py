@@ -10,21 +10,21 @@ i.e. every core; small work runs on one). While a fused op runs, NumPy's BLAS is
 its own count back right after: importing or using minattn leaves every thread pool as it was. See
 autograd/parallel.py.
 """
-from autograd import Tensor, no_grad, manual_seed, to_numpy, asarray, BACKEND, get_num_threads, set_num_threads
+from autograd import BACKEND, Tensor, asarray, get_num_threads, manual_seed, no_grad, set_num_threads, to_numpy
 from minattn import functional
-from minattn.module import Module, Parameter, ModuleList
-from minattn.layers import Linear, Embedding, LayerNorm, Dropout, PositionalEncoding, PositionWiseFFN
-from minattn.attention import MultiHeadAttention
 from minattn.additive import AdditiveAttention
+from minattn.attention import MultiHeadAttention
+from minattn.cache import KVCache
+from minattn.checkpoint import load, save
+from minattn.gpt import GPT
+from minattn.layers import Dropout, Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN
+from minattn.module import Module, ModuleList, Parameter
+from minattn.optim import SGD, Adam, CosineSchedule, WarmupSchedule, clip_grad_norm_
 from minattn.talking_heads import TalkingHeadsAttention
 from minattn.transformer import Transformer
-from minattn.gpt import GPT
-from minattn.cache import KVCache
-from minattn.optim import SGD, Adam, WarmupSchedule, clip_grad_norm_
-from minattn.checkpoint import save, load
 
-__all__ = ["get_num_threads", "set_num_threads", "Tensor", "no_grad", "manual_seed", "to_numpy", "asarray", "BACKEND", "functional", "Module", "Parameter",
-           "ModuleList", "Linear", "Embedding", "LayerNorm", "Dropout", "PositionalEncoding", "PositionWiseFFN",
-           "MultiHeadAttention", "AdditiveAttention", "TalkingHeadsAttention", "Transformer", "GPT", "KVCache",
-           "SGD", "Adam",
-           "WarmupSchedule", "clip_grad_norm_", "save", "load"]
+__all__ = ["get_num_threads", "set_num_threads", "Tensor", "no_grad", "manual_seed", "to_numpy", "asarray", "BACKEND",
+           "functional", "Module", "Parameter", "ModuleList", "Linear", "Embedding", "LayerNorm", "Dropout",
+           "PositionalEncoding", "PositionWiseFFN", "MultiHeadAttention", "AdditiveAttention", "TalkingHeadsAttention",
+           "Transformer", "GPT", "KVCache", "SGD", "Adam", "WarmupSchedule", "CosineSchedule", "clip_grad_norm_",
+           "save", "load"]

@@ -252,4 +252,5 @@ class MultiHeadAttention(Module):
                 + (f", rope=True, rope_base={self.rope_base:g}" if self.rope else "")
                 + (", alibi=True" if self.alibi else "")
                 + (f", window={self.window}" if self.window is not None else "")
-                + (f", attn_impl={self.attn_impl!r}, block_size={self.block_size}" if self.attn_impl != "dense" else ""))
+                + (f", attn_impl={self.attn_impl!r}, block_size={self.block_size}"
+                   if self.attn_impl != "dense" else ""))

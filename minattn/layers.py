@@ -53,7 +53,8 @@ class Embedding(Module):
     def __init__(self, num_embeddings, embedding_dim, dtype=None):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.weight = Parameter(backend.host_rng().standard_normal((num_embeddings, embedding_dim)), dtype=_dtype(dtype))
+        self.weight = Parameter(backend.host_rng().standard_normal((num_embeddings, embedding_dim)),
+                                dtype=_dtype(dtype))
 
     def forward(self, ids):
         """ids (...) → (..., embedding_dim)."""

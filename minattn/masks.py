@@ -84,7 +84,8 @@ def split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype, window=N
         raise TypeError("attn_mask is a constant here and would get no gradient; a learned bias is not supported "
                         "(pass attn_mask.detach() if no gradient is wanted)")
     mask = as_data(attn_mask)
-    if mask.ndim < 1 or mask.shape[-1] not in (1, num_keys) or (mask.ndim > 1 and mask.shape[-2] not in (1, num_queries)):
+    if (mask.ndim < 1 or mask.shape[-1] not in (1, num_keys)
+            or (mask.ndim > 1 and mask.shape[-2] not in (1, num_queries))):
         raise ValueError(f"attn_mask of shape {mask.shape} does not broadcast to the scores' (L, S) = "
                          f"({num_queries}, {num_keys})")
     if mask.dtype == bool:

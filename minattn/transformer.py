@@ -2,7 +2,8 @@
 
     src ids (B, S) ─ Embedding + positions ─ N × [self-attention, FFN] ─────────── memory (B, S, d)
                                                                                        │
-    tgt ids (B, T) ─ Embedding + positions ─ N × [causal self-attention, cross-attention to memory, FFN] ─ Linear ─ logits (B, T, V)
+    tgt ids (B, T) ─ Embedding + positions ─ N × [causal self-attention, cross-attention to memory, FFN]
+                   ─ Linear ─ logits (B, T, V)
 
 Each sublayer is wrapped as LayerNorm(x + Dropout(sublayer(x))) — post-norm, as in the paper and d2l — or, with
 ``norm_first=True``, x + Dropout(sublayer(LayerNorm(x))) (pre-norm, as GPT-2 and PyTorch's option).

@@ -49,8 +49,8 @@ def attention(q, k, v, mask=None, bias=None, scale=None, dropout_mask=None, is_c
     """PyTorch's scaled_dot_product_attention semantics, in NumPy. Returns (output, weights before dropout).
 
     scores = q kᵀ · scale (scale 1/√E by default) + bias; mask bool, True = take part; is_causal: key j <= query i
-    (top-left aligned lower triangle); weights = softmax over keys (fully masked row → 0); out = (weights ∘ dropout_mask) v
-    (dropout_mask: the dropout multiplier D).
+    (top-left aligned lower triangle); weights = softmax over keys (fully masked row → 0);
+    out = (weights ∘ dropout_mask) v (dropout_mask: the dropout multiplier D).
     """
     q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
     scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale

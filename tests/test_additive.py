@@ -89,8 +89,8 @@ def _case(name, rng):
 
 
 CASES = ["plain", "bool mask (B, 1, S), as valid_lens", "bool mask (L, S)", "fully masked query row", "float bias",
-         "mask, dropout mask and a fully masked row", "batch broadcast (qp batch 1)", "heads axis (B, h, L, H), Ev != H",
-         "L = 1, S = 1, H = 1", "saturated tanh"]
+         "mask, dropout mask and a fully masked row", "batch broadcast (qp batch 1)",
+         "heads axis (B, h, L, H), Ev != H", "L = 1, S = 1, H = 1", "saturated tanh"]
 
 
 def _fns(mask, bias, dropout_mask):

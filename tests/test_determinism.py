@@ -10,7 +10,7 @@ import pytest
 from autograd import backend
 from demos import copy_task
 from minattn import Transformer, checkpoint, manual_seed
-from tests.test_resume import assert_bit_identical, assert_same_model, run_training, step_losses  # noqa: F401
+from tests.test_resume import assert_bit_identical, assert_same_model, run_training
 
 pytestmark = pytest.mark.skipif(backend.BACKEND != "numpy",
                                 reason="bit-identical runs are promised on NumPy only (cuRAND, atomic scatter_add)")

@@ -203,7 +203,8 @@ def test_flash_equals_dense_on_random_shapes_blocks_and_masks(batch, num_q, num_
 # (d): what makes it FlashAttention
 # ---------------------------------------------------------------------------------------------------------------------
 def test_saves_only_the_inputs_the_output_and_the_logsumexp(rng):
-    q, k, v = t64(rng.standard_normal((2, 7, 4))), t64(rng.standard_normal((2, 10, 4))), t64(rng.standard_normal((2, 10, 3)))
+    q, k, v = (t64(rng.standard_normal((2, 7, 4))), t64(rng.standard_normal((2, 10, 4))),
+               t64(rng.standard_normal((2, 10, 3))))
     out, ctx = FlashAttentionFunction.apply_with_ctx(q, k, v, scale=0.5, block_size=3)
     saved_q, saved_k, saved_v, saved_out, lse, mask, bias = ctx.saved
     assert saved_q is q.data and saved_k is k.data and saved_v is v.data and saved_out is out.data   # no copies
@@ -258,7 +259,8 @@ def test_peak_memory_of_flash_is_a_fraction_of_dense(rng):
 @pytest.mark.parametrize("kwargs", ["none", "bool", "float", "causal", "causal L > S", "scale"])
 def test_functional_flash_equals_sdpa(rng, kwargs):
     num_k = 9 if kwargs == "causal L > S" else 13
-    q, k, v = rng.standard_normal((2, 1, 11, 4)), rng.standard_normal((2, 2, num_k, 4)), rng.standard_normal((1, 2, num_k, 5))
+    q, k, v = (rng.standard_normal((2, 1, 11, 4)), rng.standard_normal((2, 2, num_k, 4)),
+               rng.standard_normal((1, 2, num_k, 5)))
     kw = dict(none={}, bool=dict(attn_mask=dev(_row_mask((2, 1, 11, num_k), rng))),
               float=dict(attn_mask=dev(np.where(rng.random((11, num_k)) < 0.5, -np.inf, 0.1))),
               causal=dict(is_causal=True), scale=dict(scale=0.3))[kwargs.split(" ")[0]]

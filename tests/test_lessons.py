@@ -152,7 +152,10 @@ def test_self_attention_without_positions_is_permutation_equivariant_and_with_th
     x = rng.standard_normal((2, 7, 16))
     perm = np.roll(np.arange(7), 1 + seed)                      # moves every position
     np.testing.assert_allclose(self_attend(layer, x[:, perm]), self_attend(layer, x)[:, perm], **TIGHT)
-    with_pe = lambda a: host(pe(t64(a, requires_grad=False)))
+
+    def with_pe(a):
+        return host(pe(t64(a, requires_grad=False)))
+
     moved = np.abs(self_attend(layer, with_pe(x[:, perm])) - self_attend(layer, with_pe(x))[:, perm]).max()
     assert moved > 1e-3
 

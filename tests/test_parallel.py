@@ -1081,7 +1081,7 @@ def _row_mask(rng, shape, p=0.4):
     return mask
 
 
-# --- case builders: (rng, dtype) → (fn, arrays, requires) --------------------------------------------------------------
+# --- case builders: (rng, dtype) → (fn, arrays, requires) ------------------------------------------------------------
 def _qkv(rng, q_batch, kv_batch=None, length=7, keys=10, e=4, ev=3):
     kv_batch = q_batch if kv_batch is None else kv_batch
     return [rng.standard_normal(q_batch + (length, e)), rng.standard_normal(kv_batch + (keys, e)),
@@ -1257,7 +1257,8 @@ CASES = {
     "embedding": (_embedding, ["ids (6, 5) with repeats"]),
     "sdpa": (_sdpa, ["no mask", "bool mask with a fully masked row", "float bias (L, S)",
                      "float bias (B, 1, L, S) and mask (L, S)", "dropout_mask", "k, v batch 1 (broadcast over B)",
-                     "k, v shared by the heads (B, 1, S, E)", "q batch 1, k, v batch 4", "batch (1, 5): cut along the heads", "q without batch axes"]),
+                     "k, v shared by the heads (B, 1, S, E)", "q batch 1, k, v batch 4",
+                     "batch (1, 5): cut along the heads", "q without batch axes"]),
     "linear": (_linear, ["3-D x, bias", "3-D x, no bias", "2-D x (9, 6), bias", "x requires no grad"]),
     "layer_norm": (_layer_norm, ["3-D x (4, 5, 6)", "2-D x (9, 6)", "3-D x and a residual"]),
     "cross_entropy": (_cross_entropy, ["mean, ignored rows", "mean, ignored rows, label_smoothing",

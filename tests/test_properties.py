@@ -46,7 +46,7 @@ def test_fused_attention_equals_composed_on_random_shapes_and_masks(case):
     for a, b in zip(fused_in, composed_in):
         assert np.isfinite(host(a.grad)).all()
         np.testing.assert_allclose(host(a.grad), host(b.grad), rtol=1e-12, atol=1e-12)
-    dead = ~takes_part.any(-1)                                                                  # (B, L) rows with no key
+    dead = ~takes_part.any(-1)                                                            # (B, L) rows with no key
     np.testing.assert_array_equal(host(out_f)[dead], 0.0)
 
 

@@ -415,7 +415,8 @@ def attention_case(draw):
         full = mask_lib.broadcast_shape(*batch_shapes) + (length_q, length_k)
         dropout_mask = dev((rng.random(full) >= 0.3) / 0.7)
     scale = draw(st.sampled_from([None, 0.5, 2.0]))
-    return arrays, mask, bias, dropout_mask, (1 / np.sqrt(e) if scale is None else scale), requires_some(draw, 3), draw(SEEDS)
+    return (arrays, mask, bias, dropout_mask, (1 / np.sqrt(e) if scale is None else scale), requires_some(draw, 3),
+            draw(SEEDS))
 
 
 @CHEAP

@@ -7,7 +7,8 @@ That needs everything a step reads restored: the parameters, Adam's m, v and ste
 so the last one matters; the negative controls show that leaving out the data or the dropout stream does change the
 losses, i.e. the comparison is sharp enough to catch a missing piece.
 
-Every step's loss is recorded by wrapping minattn.functional.cross_entropy (the demo logs only every 10th).
+Every step's loss is recorded by wrapping minattn.functional.cross_entropy (the demo logs only every 10th; the
+``step_losses`` fixture, in tests/conftest.py).
 On CuPy, dropout masks come from cuRAND (whose state is not captured) and scatter_add uses atomics, so exact
 resumption is a NumPy property: skipped there.
 """
@@ -26,21 +27,6 @@ pytestmark = pytest.mark.skipif(backend.BACKEND != "numpy",
 SMALL = ["--embed-dim", "16", "--num-heads", "2", "--ffn-hidden", "32", "--layers", "1", "--max-len", "5",
          "--batch-size", "8", "--warmup", "10", "--dropout", "0.1", "--seed", "5", "--eval-size", "10",
          "--no-progress"]
-
-
-@pytest.fixture
-def step_losses(monkeypatch):
-    """A list that receives the loss of every training step, as a Python float, in order."""
-    recorded = []
-    real = copy_task.F.cross_entropy
-
-    def recording(*args, **kwargs):
-        loss = real(*args, **kwargs)
-        recorded.append(loss.item())
-        return loss
-
-    monkeypatch.setattr(copy_task.F, "cross_entropy", recording)
-    return recorded
 
 
 def train_run(argv, step_losses=None):

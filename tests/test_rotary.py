@@ -1,4 +1,5 @@
-"""Rotary position embedding (RoPE): functional.rotary_embedding, RotaryEmbeddingFunction, MultiHeadAttention(rope=True).
+"""Rotary position embedding (RoPE): functional.rotary_embedding, RotaryEmbeddingFunction,
+MultiHeadAttention(rope=True).
 
   (a) float64 gradcheck, and fused = composed from primitives, for both layouts and an offset;
   (b) the defining identity: the score of rotated q at position m and rotated k at position n depends only on n − m

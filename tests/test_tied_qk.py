@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 
-from autograd import Tensor, backend, manual_seed
+from autograd import backend, manual_seed
 from demos import lesson_attention_maps, lesson_tied_qk
 from minattn import MultiHeadAttention, TalkingHeadsAttention
 from tests.conftest import host, t64

@@ -57,7 +57,8 @@ class FlashAttentionFunction(Function):
               a sum over the Ev output features of two arrays we already hold: no P needed, computed once per row.
               dQ and dK: A = (Q · scale) Kᵀ, and a matrix product's rule ∂(XY) = ∂X Y + X ∂Y.
     Saved:    Q, K, V (the inputs themselves, not copies), O (..., L, Ev) and LSE (..., L, 1): never the (L, S) matrix.
-              The price is one more Q Kᵀ per tile in the backward (recomputing P), a quarter more in the backward (five matrix products instead of four).
+              The price is one more Q Kᵀ per tile in the backward (recomputing P), a quarter more in the backward
+              (five matrix products instead of four).
     Masks:    ``mask`` (bool, True = take part) and ``bias`` (float, added) are sliced to each tile: [..., rows, cols].
               ``causal``: query r sees keys c <= r (top-left). A tile entirely above the diagonal (its first key
               after its last query) is skipped in both passes — no arithmetic at all, about half the work when L = S;
@@ -169,7 +170,8 @@ def _check_options(block_size, dropout_p):
 
 
 def _to_scores_shape(array, num_queries, num_keys):
-    """``array`` (or None) with its last two axes broadcast to (L, S) — a view, no copy — so that a tile can slice it."""
+    """``array`` (or None) with its last two axes broadcast to (L, S) — a view, no copy — so that a tile can slice
+    it."""
     if array is None:
         return None
     return xp.broadcast_to(array, array.shape[:-2] + (num_queries, num_keys))      # (..., L, S)

@@ -28,7 +28,8 @@ def layer_norm_backward(x_hat, rstd, grad_y, gamma):
     mean_dxhat, mean_dxhat_xhat = rowsum(dx) / size, rowdot(dx, x_hat) / size   # (..., 1) mean(dx̂), mean(dx̂ ∘ x̂)
     dx -= mean_dxhat                                                  # (..., D) dx̂ − mean(dx̂)
     dx -= x_hat * mean_dxhat_xhat                                     # (..., D)   − x̂ ∘ mean(dx̂ ∘ x̂)
-    dx *= rstd                                                        # (..., D) dx = r (dx̂ − mean(dx̂) − x̂ ∘ mean(dx̂ ∘ x̂))
+    dx *= rstd                                                        # (..., D) dx = r (dx̂ − mean(dx̂)
+                                                                      #                  − x̂ ∘ mean(dx̂ ∘ x̂))
     return dx, d_gamma, d_beta
 
 

@@ -63,7 +63,7 @@ class SoftmaxFunction(Function):
     """Softmax over one axis, optionally masked, with its backward written by hand.
 
     Forward:  P = softmax(A + bias) over ``axis`` with masked entries set to -inf first:
-              P_ij = exp(A_ij - m_i) / Σ_k exp(A_ik - m_i),  m_i = max_k A_ik   (the shift cancels; it prevents overflow)
+              P_ij = exp(A_ij - m_i) / Σ_k exp(A_ik - m_i),  m_i = max_k A_ik  (the shift cancels; it prevents overflow)
     Backward: dA = P ∘ (dP − Σ_j dP_ij P_ij)       the vector-Jacobian product, computed from the saved P
               because ∂P_ij/∂A_ik = P_ij (δ_jk − P_ik)
     Masked entries and fully masked rows have P = 0, so their dA is exactly 0 too. ``mask`` and ``bias`` are

@@ -106,7 +106,8 @@ class TalkingHeadsFunction(Function):
         out, logits, weights, value_weights = parallel.map_batch(
             talking_heads_forward, q, k, v, mask, attn_bias, dropout_mask, core_ndim=3,
             w_l=w_l, w_w=w_w, b_l=b_l, b_w=b_w, scale=scale)                  # (..., h_v, L, d_v), J, W, U
-        ctx.save_for_backward(q, k, v, mask, attn_bias, dropout_mask, logits, weights, value_weights, w_l, w_w, b_l, b_w)
+        ctx.save_for_backward(q, k, v, mask, attn_bias, dropout_mask, logits, weights, value_weights,
+                              w_l, w_w, b_l, b_w)
         ctx.scale, ctx.attention_weights, ctx.mixed_weights = scale, weights, value_weights
         return out
 
