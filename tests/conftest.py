@@ -1,6 +1,14 @@
-"""Shared test helpers. Inputs are built with NumPy on the host and moved to the backend with ``asarray``."""
+"""Shared test helpers. Inputs are built with NumPy on the host and moved to the backend with ``asarray``.
+
+PyTorch is optional: the tests that compare with it skip, with a reason, where it is not installed. CI installs it
+and sets MINATTN_REQUIRE_TORCH=1 (.ci/run), so that there those tests must run: a missing torch is an error."""
+import os
+
 import numpy as np
 import pytest
+
+if os.environ.get("MINATTN_REQUIRE_TORCH") == "1":
+    import torch  # noqa: F401  (ImportError here: CI promised PyTorch, so its equivalence tests must not skip)
 
 from autograd import Tensor, backend
 
@@ -35,3 +43,20 @@ def mha_dense_and_flash(x, embed_dim, num_heads, seed, **options):
         out.sum().backward()
         runs.append((host(out), host(t.grad), layer))
     return runs
+
+
+@pytest.fixture
+def step_losses(monkeypatch):
+    """A list that receives the loss of every training step of demos/copy_task.py, as a Python float, in order
+    (tests/test_resume.py, tests/test_determinism.py)."""
+    from demos import copy_task
+    recorded = []
+    real = copy_task.F.cross_entropy
+
+    def recording(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        recorded.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(copy_task.F, "cross_entropy", recording)
+    return recorded

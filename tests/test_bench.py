@@ -1,12 +1,16 @@
-"""The benchmark runs end to end: ``python -m bench --quick --no-torch`` prints its table and writes results.json.
+"""The benchmark runs end to end: ``python -m bench --quick --no-torch`` prints its table and writes results.json;
+with PyTorch installed (as in CI), ``python -m bench --quick`` times both libraries side by side.
 
 No timing is asserted (DESIGN.md §5: timings never in tests); only that the suite completes, reports every row it
 should, and that its FLOP formulas agree with a count done another way.
 """
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from bench import flops
 
@@ -52,9 +56,28 @@ def test_quick_run_prints_table_and_writes_results(tmp_path):
     assert results["figure"]["dense"][0]["L"] == 512
     assert "greedy decoding, ms per generated token" in stdout
     assert "character-level GPT (demos.char_lm" in stdout
-    assert results["char_lm"]["steps"] == 6 and results["char_lm"]["minattn_ms"] > 0 and "torch_ms" not in results["char_lm"]
+    assert (results["char_lm"]["steps"] == 6 and results["char_lm"]["minattn_ms"] > 0
+            and "torch_ms" not in results["char_lm"])
     assert [r["T"] for r in results["decoding"]] == [16, 32]
     assert all(r["cached_ms_per_token"] > 0 and r["recomputed_ms_per_token"] > 0 for r in results["decoding"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="PyTorch not installed (optional: requirements-bench.txt; CI installs it)")
+def test_quick_run_with_torch_times_both_sides(tmp_path):
+    """With PyTorch: every workload is measured for both libraries, with a ratio, and the char LM row trains the
+    PyTorch twin on the same batches (same parameter count, a validation loss of its own)."""
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["torch"]["version"].startswith("2.") and results["torch"]["threads"] == 1
+    assert {r["lib"] for r in results["rows"]} == {"minattn", "torch"}
+    char_lm = results["char_lm"]
+    assert char_lm["torch_num_parameters"] == char_lm["num_parameters"]
+    assert char_lm["torch_ms"] > 0 and char_lm["ratio"] == char_lm["minattn_ms"] / char_lm["torch_ms"]
+    assert 0 < char_lm["torch_val_loss"] < 10 and "PyTorch" in proc.stdout
 
 
 def test_script_entry_point_help():
