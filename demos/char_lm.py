@@ -258,7 +258,7 @@ def plot(curve, floor, val, chars, model, args):
     model.train()
     weights = backend.to_numpy(model.blocks[-1].attention.attention_weights.data)[0]   # (h, T, T)
     labels = [repr(chars[i])[1:-1] for i in line]
-    fig, axes = plt.subplots(1, weights.shape[0], figsize=(4 * weights.shape[0], 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, weights.shape[0], figsize=(4 * weights.shape[0], 4.6), squeeze=False)
     for h, ax in enumerate(axes[0]):
         ax.imshow(weights[h], cmap="viridis", vmin=0, vmax=1)
         ax.set_xticks(range(len(labels)), labels, fontsize=5)

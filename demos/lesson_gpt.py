@@ -98,7 +98,7 @@ def plot(model, args, path):
     model.train()
     weights = backend.to_numpy(model.blocks[-1].attention.attention_weights.data)[0]   # (h, T, T)
     labels = [str(t) if t < args.symbols else "SEP" for t in x[0]]
-    fig, axes = plt.subplots(1, weights.shape[0], figsize=(3.2 * weights.shape[0], 3.4))
+    fig, axes = plt.subplots(1, weights.shape[0], figsize=(3.2 * weights.shape[0], 3.9))
     for h, ax in enumerate(axes):
         ax.imshow(weights[h], cmap="viridis", vmin=0, vmax=1)
         ax.set_xticks(range(len(labels)), labels, fontsize=6)

@@ -23,7 +23,7 @@ PE table added (large). It then builds R_k for several k and prints max over all
 pair turns by from pos to pos + k, measured separately at every pos, against k·ω_i (the same at every pos, so R_k
 does not depend on pos); and the spread over pos of PE(pos)·PE(pos + k). It writes to --out: pe_table.png (the
 table as a heatmap) and pe_dot_product.png (PE(pos)·PE(pos + k) against k, one curve per starting pos: they
-coincide).
+coincide). ``plot_rotation`` draws the rotation itself (``python -m demos.figures --only positional_rotation``).
 
     python -m demos.lesson_positions
     python -m demos.lesson_positions --embed-dim 128 --max-len 1000 --shifts 1 2 3 100
@@ -134,6 +134,45 @@ def plot(out, table, shifts, dots, starts):
     plt.close(fig)
 
 
+def plot_rotation(path, table, pairs=(0, 1, 2), positions=6, starts=(0, 100, 500)):
+    """The rotation of claim (c), drawn (demos/figures.py writes it as positional_rotation.png).
+
+    Left: column pairs i of the table, (PE(pos, 2i), PE(pos, 2i+1)) = (sin ω_i pos, cos ω_i pos) for pos = 0 ..
+    positions − 1, each a point on the unit circle (drawn at radius 1, 0.75, 0.5 … to keep the rings apart): one step
+    of pos turns pair i by ω_i, whatever pos is. Right: the angle every pair turns from pos to pos + 1, measured with
+    ``turning_angles`` at several starting pos, against ω_i — the points coincide, so R_1 does not depend on pos.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    omegas = frequencies(table.shape[1])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.4))
+    for n, i in enumerate(pairs):
+        radius = 1 - 0.25 * n
+        x, y = radius * table[:positions, 2 * i], radius * table[:positions, 2 * i + 1]   # (sin, cos) of ω_i pos
+        circle = np.linspace(0, 2 * np.pi, 200)
+        left.plot(radius * np.cos(circle), radius * np.sin(circle), color="lightgray", lw=1)
+        left.plot(x, y, "o-", ms=5, label=f"pair i = {i}: ω_i = {omegas[i]:.3g} rad per position")
+        for pos in range(positions):
+            left.annotate(str(pos), (x[pos], y[pos]), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    left.set(aspect="equal", xlim=(-1.3, 1.3), ylim=(-1.2, 1.8), xlabel="PE(pos, 2i) = sin(ω_i pos)",
+             ylabel="PE(pos, 2i+1) = cos(ω_i pos)", title=f"pos = 0 … {positions - 1}: each step turns pair i by ω_i")
+    left.legend(fontsize=7, loc="upper center")
+    starts = [s for s in starts if s + 1 < len(table)]
+    for s, marker in zip(starts, ("o", "x", "+", "^")):
+        turned = turning_angles(table[s:s + 2], 1)[0]                  # (d/2,): each pair's turn from s to s + 1
+        right.plot(range(len(omegas)), turned, marker, ms=7, ls="", label=f"measured from pos = {s}")
+    right.plot(range(len(omegas)), omegas, color="black", lw=1, label="ω_i = 10000^(−2i/d)")
+    right.set(yscale="log", xlabel="column pair i", ylabel="angle turned from pos to pos + 1 (rad)",
+              title="the turn depends on i only, not on pos:\nPE(pos + 1) = R_1 PE(pos) at every pos")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     """Check claims (a), (b), (c), print the numbers, write the figures; returns the numbers."""
     args = parse_args(argv)
@@ -147,16 +186,18 @@ def main(argv=None):
     perm = rng.permutation(length)
     while length > 1 and (perm == np.arange(length)).all():            # a permutation that moves something
         perm = rng.permutation(length)
-    with_pe = lambda a: backend.to_numpy(pe(Tensor(backend.asarray(a))).data)   # X + PE[:L]
+    def with_pe(a):                                                     # X + PE[:L]
+        return backend.to_numpy(pe(Tensor(backend.asarray(a))).data)
 
     # (a) no positions: f(X[π]) = f(X)[π]     (b) positions added: f(X[π] + PE) vs (f(X + PE))[π]
     plain = float(np.abs(self_attention(mha, x[:, perm]) - self_attention(mha, x)[:, perm]).max())
     reference = self_attention(mha, with_pe(x))                         # f(X + PE), (B, L, d)
     positional = float(np.abs(self_attention(mha, with_pe(x[:, perm])) - reference[:, perm]).max())
     scale = float(np.abs(reference).max())
-    print(f"self-attention MultiHeadAttention({d}, {args.num_heads}), float64, X of shape ({args.batch}, {length}, {d}), "
-          f"permutation π = {perm.tolist()}:")
-    print(f"  (a) no positions:      max |f(X[π]) − f(X)[π]|           = {plain:.1e}   (equivariant: order is invisible)")
+    print(f"self-attention MultiHeadAttention({d}, {args.num_heads}), float64, X of shape ({args.batch}, {length}, "
+          f"{d}), permutation π = {perm.tolist()}:")
+    print(f"  (a) no positions:      max |f(X[π]) − f(X)[π]|           = {plain:.1e}   "
+          "(equivariant: order is invisible)")
     print(f"  (b) sinusoidal PE:     max |f(X[π] + PE) − f(X + PE)[π]| = {positional:.1e}   (order now matters; "
           f"max |f| = {scale:.2f})")
 
@@ -186,7 +227,8 @@ def main(argv=None):
     holds = (plain < EXACT and positional > DIFFERENT and max(shift_error.values()) < EXACT
              and max(angle_error.values()) < EXACT and max(dot_spread.values()) < EXACT)
     numbers["claim_holds"] = holds
-    print(f"  PE(pos)·PE(pos+k) against Σ_i cos(k ω_i), pos in {starts}, k < {len(ks)}: max difference {curve_spread:.1e}")
+    print(f"  PE(pos)·PE(pos+k) against Σ_i cos(k ω_i), pos in {starts}, k < {len(ks)}: "
+          f"max difference {curve_spread:.1e}")
     print("verdict: " + ("without positions self-attention cannot see order; the sinusoidal table breaks the symmetry, "
                          "and a shift by k is one fixed rotation R_k at every position." if holds else
                          "a claim FAILED (see the numbers above)."))
