@@ -150,7 +150,8 @@ def parse_args(argv=None):
     if args.embed_dim % args.num_heads:
         p.error(f"--embed-dim {args.embed_dim} must be divisible by --num-heads {args.num_heads}")
     if args.num_kv_heads is not None and (args.attention != "mha" or args.num_heads % args.num_kv_heads):
-        p.error(f"--num-kv-heads {args.num_kv_heads} needs --attention mha and must divide --num-heads {args.num_heads}")
+        p.error(f"--num-kv-heads {args.num_kv_heads} needs --attention mha and must divide "
+                f"--num-heads {args.num_heads}")
     if not 0 <= args.target <= 1:
         p.error(f"--target must be in [0, 1], got {args.target}")
     if args.target > 0 and args.eval_every == 0:

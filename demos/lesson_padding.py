@@ -186,7 +186,8 @@ def main(argv=None):
         "no_mask_vs_alone_encoder": alone_diff(run(stack, x), sequences, stack),
         "weight_on_padding_masked": weight_on_padding(w_masked, lengths),
         "weight_on_padding_unmasked": weight_on_padding(w_unmasked, lengths),
-        "new_filler_masked": max(float(np.abs(run(stack, x_new_filler, lengths)[b, :n] - run(stack, x, lengths)[b, :n]).max())
+        "new_filler_masked": max(float(np.abs(run(stack, x_new_filler, lengths)[b, :n]
+                                              - run(stack, x, lengths)[b, :n]).max())
                                  for b, n in enumerate(lengths)),
         "new_filler_unmasked": max(float(np.abs(run(stack, x_new_filler)[b, :n] - run(stack, x)[b, :n]).max())
                                    for b, n in enumerate(lengths)),
@@ -196,7 +197,8 @@ def main(argv=None):
     for how, prefix in (("valid_lens = lengths", "padded_vs_alone"), ("no mask", "no_mask_vs_alone")):
         print(f"  {'MultiHeadAttention':<22} {how:<22} {numbers[prefix + '_mha']:.1e}")
         print(f"  {str(args.layers) + ' EncoderBlocks':<22} {how:<22} {numbers[prefix + '_encoder']:.1e}")
-    print(f"largest total weight a real query puts on padding: {numbers['weight_on_padding_masked']:.3g} with the mask, "
+    print(f"largest total weight a real query puts on padding: {numbers['weight_on_padding_masked']:.3g} "
+          "with the mask, "
           f"{numbers['weight_on_padding_unmasked']:.3g} without")
     print(f"filler replaced by other random vectors (encoder stack, real positions): "
           f"{numbers['new_filler_masked']:.1e} with the mask, {numbers['new_filler_unmasked']:.1e} without")

@@ -22,7 +22,8 @@ HOW THE RUN SHOWS IT.
      encoder-only model must output x_{(i−1) mod L} at position i — token accuracy after a fixed budget with one
      head and with four, accuracy per position for one head, and the plain (non-cyclic) task for contrast; (b) the
      COPY task (an encoder–decoder, where cross-attention's queries and keys come from different sequences, so the
-     tie binds less) — exact-sequence accuracy. Figures: the attention of a trained tied and untied model on the predecessor task.
+     tie binds less) — exact-sequence accuracy. Figures: the attention of a trained tied and untied model on the
+     predecessor task.
 
     python -m demos.lesson_tied_qk            # about a minute on 2 cores
 """
