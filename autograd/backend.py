@@ -15,6 +15,7 @@ CuPy facts this module hides (CuPy docs, "Differences between CuPy and NumPy"): 
 use ``to_numpy``; ``a[idx] += v`` with repeated ``idx`` is undefined on both libraries, so use ``scatter_add``; random
 streams differ, so parameters are initialised from one host generator (``host_rng``) and come out the same on both.
 """
+import contextlib
 import os
 
 import numpy
@@ -119,7 +120,7 @@ def rowsum(a):
     Computed as a product with a vector of ones: NumPy's BLAS does that several times faster than ``a.sum(-1)``,
     whose loop restarts on every row (measured on (N, 13) rows: ~8×; on (N, 64): ~5×). Same sum, other rounding.
     """
-    if xp is not numpy:
+    if xp is not numpy or a.size == 0:        # nothing to add (an empty last axis sums to 0): no reshape to (-1, 0)
         return a.sum(axis=-1, keepdims=True)
     ones = _ones(a.shape[-1], a.dtype)
     rows = a.reshape(-1, a.shape[-1]) if a.flags.c_contiguous else a   # one matrix-vector product, not one per row
@@ -170,6 +171,13 @@ def rowdot(a, b):
     return rowsum(a * b)
 
 
+def quiet_floats():
+    """A context in which NumPy raises no floating-point warning (invalid, divide by zero, overflow, underflow): a
+    NaN or inf in the data gives NaN or inf in the result, silently, as PyTorch's kernels do. Per thread (NumPy's
+    error state is). CuPy never warns: a do-nothing context there."""
+    return numpy.errstate(all="ignore") if xp is numpy else contextlib.nullcontext()
+
+
 def is_floating(dtype):
     """True for a floating-point dtype (float16/32/64)."""
     return numpy.dtype(dtype).kind == "f"
@@ -193,8 +201,11 @@ def manual_seed(seed):
 
     The same seed gives bit-identical parameters on both backends (they are drawn on the host and copied), and
     bit-identical runs on NumPy. Dropout masks on CuPy come from cuRAND and differ from NumPy's.
+    Raises TypeError / ValueError unless ``seed`` is an int >= 0 (``autograd.checks``), changing nothing.
     """
     global _host_rng, _device_rng
+    from autograd import checks        # checks.py imports this module: import it when first needed
+    seed = checks.nonnegative_int("seed", seed, "manual_seed")
     _host_rng = numpy.random.default_rng(seed)
     _device_rng = xp.random.default_rng(seed)
 

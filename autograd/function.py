@@ -10,6 +10,7 @@ grad mode is on), records the node that ``Tensor.backward`` will visit. Arrays i
 graph (first-order only, like PyTorch's ``once_differentiable``) and must not modify ``grad_out`` in place (the same
 array may reach several inputs). The engine checks that each returned gradient has its input's shape and dtype.
 """
+from autograd.backend import quiet_floats
 from autograd.grad_mode import is_grad_enabled
 from autograd.tensor import Node, Tensor
 
@@ -71,7 +72,8 @@ class Function:
         tensors = tuple([x if isinstance(x, Tensor) else Tensor(x) for x in inputs])   # lists: faster than generators
         needs = tuple([t.requires_grad for t in tensors])
         ctx = Context(needs)
-        out = Tensor(cls.forward(ctx, *[t.data for t in tensors], **params))
+        with quiet_floats():                       # NaN / inf propagate without NumPy's warnings, as in PyTorch
+            out = Tensor(cls.forward(ctx, *[t.data for t in tensors], **params))
         if is_grad_enabled() and any(needs):
             out.requires_grad = True
             out._node = Node(cls, ctx, tensors)

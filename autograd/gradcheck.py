@@ -15,7 +15,7 @@ A mismatch raises GradcheckError naming the worst element: input, index, analyti
 error. Tolerances (float64, ε = 1e-6): |analytic − numeric| ≤ atol + rtol·|numeric| with atol = 1e-5, rtol = 1e-3
 — PyTorch's gradcheck defaults; rounding alone is ~1e-10 here, so a wrong derivative shows up orders above them.
 """
-from autograd import backend
+from autograd import backend, checks
 from autograd.backend import xp
 from autograd.tensor import Tensor, no_grad
 
@@ -36,16 +36,26 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, max_elements=400, dire
         cotangents: number of random output cotangents w.
         seed: seed of the host generator that draws w and v.
 
-    Returns True. Raises GradcheckError with the worst element on a mismatch; TypeError for a non-float64 input.
+    Returns True. Raises GradcheckError with the worst element on a mismatch; TypeError for a non-float64 input;
+    TypeError / ValueError (``autograd.checks``) for a bad option.
     """
+    where = "gradcheck"
+    if not callable(fn):
+        checks.fail("fn", "a callable", fn, where, TypeError)
+    checks.instance("inputs", inputs, (list, tuple), "a list of Tensors", where)
+    eps = checks.positive_float("eps", eps, where)
+    atol, rtol = checks.nonnegative_float("atol", atol, where), checks.nonnegative_float("rtol", rtol, where)
+    max_elements = checks.nonnegative_int("max_elements", max_elements, where)
+    directions = checks.positive_int("directions", directions, where)
+    cotangents = checks.positive_int("cotangents", cotangents, where)
+    seed = checks.nonnegative_int("seed", seed, where)
     inputs = list(inputs)
     checked = [x for x in inputs if isinstance(x, Tensor) and x.requires_grad]
     if not checked:
-        raise ValueError("gradcheck: no input requires grad")
-    for x in checked:
-        if x.dtype != backend.float64:
-            raise TypeError("gradcheck needs float64 inputs (rounding in float32 swamps the difference); "
-                            f"got {x.dtype}")
+        checks.fail("inputs", "a list with at least one Tensor that requires grad", inputs, where)
+    for i, x in enumerate(inputs):
+        if isinstance(x, Tensor) and x.requires_grad and x.dtype != backend.float64:
+            checks.fail(f"inputs[{i}]", "float64 (rounding in float32 swamps the difference)", x, where, TypeError)
     originals = [x.data for x in checked]
     try:
         _gradcheck(fn, inputs, checked, eps, atol, rtol, max_elements, directions, cotangents, seed)

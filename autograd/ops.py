@@ -201,15 +201,21 @@ class Sum(Function):
 
 
 class Mean(Function):
-    """out = (1/n) Σ_axes x, n = number of elements averaged.   dx = g / n broadcast back over the axes."""
+    """out = (1/n) Σ_axes x, n = number of elements averaged.   dx = g / n broadcast back over the axes.
+    A mean over no element (n = 0) is NaN, as PyTorch's, without NumPy's "Mean of empty slice" warning; its x has no
+    element, so dx is empty."""
 
     @staticmethod
     def forward(ctx, x, axes, keepdims):
         ctx.shape, ctx.axes, ctx.count = x.shape, axes, math.prod(x.shape[a] for a in axes)
+        if ctx.count == 0:
+            return x.sum(axis=axes, keepdims=keepdims) + xp.nan      # 0 + NaN: NaN of the result's shape, quietly
         return x.mean(axis=axes, keepdims=keepdims)
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.count == 0:
+            return (xp.zeros(ctx.shape, dtype=g.dtype),)
         g = g.reshape(_keepdims_shape(ctx.shape, ctx.axes)) / g.dtype.type(ctx.count)
         return (xp.broadcast_to(g, ctx.shape),)
 

@@ -39,6 +39,10 @@ cores, two threads of ``exp`` ran no faster than one right after a 2-thread matm
 during our runs avoids that.)
 CuPy: one piece, always — the GPU is parallel already.
 
+Floating-point warnings: none inside a fused op (``backend.quiet_floats``). A NaN or inf in the data gives NaN or inf
+in the result, silently, as PyTorch's kernels do; the tests check values, not warnings, for the NaN-free guarantees
+(a masked row, large logits).
+
 The result is the same as one call on the whole arrays, up to the order of floating-point additions in the summed
 gradients: tests/test_parallel.py checks every fused op both ways to 1e-12 in float64.
 """
@@ -49,7 +53,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from autograd.backend import BACKEND, broadcast_shape, xp
+from autograd import checks
+from autograd.backend import BACKEND, broadcast_shape, quiet_floats, xp
 
 MIN_WORK = 64_000_000
 """Below this many multiply-adds (roughly, see ``work``) a function runs once on the whole arrays, in the calling
@@ -94,11 +99,11 @@ def set_num_threads(n):
     """Compute on ``n`` threads from now on; ``None``: the default (see get_num_threads). Named as PyTorch's.
 
     Changes minattn's own thread count only: the BLAS is held to one thread while minattn's chunks run on several,
-    and runs as you set it otherwise. Raises ValueError unless n is None or a positive int.
+    and runs as you set it otherwise. Raises TypeError unless n is None or an int, ValueError for n < 1.
     """
     global _threads, _pool
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
+    if n is not None:
+        n = checks.positive_int("n", n, "set_num_threads")
     if BACKEND != "numpy":
         return
     _threads = n
@@ -299,12 +304,18 @@ def map_batch(fn, *arrays, core_ndim=2, grads_for=None, one_chunk_per_thread=Fal
                                       chunk_work=None if matrix_op else max(total, 1))
     if len(parts) <= 1:
         if get_num_threads() > 1 or BACKEND != "numpy":
-            return fn(*arrays, **whole)              # one piece: the BLAS threads its products as it sees fit
-        with _BlasHeldToOneThread():                 # one thread asked for: the BLAS too
+            with quiet_floats():                     # one piece: the BLAS threads its products as it sees fit
+                return fn(*arrays, **whole)
+        with _BlasHeldToOneThread(), quiet_floats():     # one thread asked for: the BLAS too
             return fn(*arrays, **whole)
     join = _Join(parts, batch_shape(arrays, cores), arrays, cores, grads_for)
+
+    def task(i):                                     # on any thread: each sets its own (thread-local) error state
+        with quiet_floats():
+            join.add(i, fn(*(parts[i].take(a, c) for a, c in zip(arrays, cores)), **whole))
+
     with _BlasHeldToOneThread():                     # our threads are the parallelism: one BLAS thread each
-        run(lambda i: join.add(i, fn(*(parts[i].take(a, c) for a, c in zip(arrays, cores)), **whole)), len(parts))
+        run(task, len(parts))
     return join.result()
 
 

@@ -41,16 +41,28 @@ class Tensor:
         shape, dtype, ndim, size: those of ``data`` (attached, with the operators, by tensor_methods.py).
 
     Raises:
-        TypeError if ``requires_grad`` is asked of a non-floating tensor.
+        TypeError if ``requires_grad`` is asked of a non-floating tensor, or is not True or False, if ``dtype`` is not
+        a dtype, or ``data`` holds no numbers (strings, objects); ValueError for ragged nested lists.
     """
 
     def __init__(self, data, requires_grad=False, dtype=None):
-        data = as_data(data, dtype)
+        if requires_grad is not False and requires_grad is not True:    # the common cases cost one identity test
+            requires_grad = checks.boolean("requires_grad", requires_grad, "Tensor")
+        given = data
+        try:
+            data = as_data(data, None if dtype is None else checks.dtype("dtype", dtype, "Tensor"))
+        except ValueError as err:        # NumPy's "inhomogeneous shape", "could not convert string to float" ...
+            checks.fail("data", "numbers: a Tensor, an array, a number or nested lists of one shape", given, "Tensor",
+                        received=f"{checks.describe(given)} ({err})")
+        if data.dtype.kind not in "biuf":                      # strings, objects, complex: no arithmetic here
+            checks.fail("data", "numbers (bool, int or float)", given, "Tensor", TypeError,
+                        received=f"{checks.describe(given)}, dtype {data.dtype}")
         if requires_grad and not backend.is_floating(data.dtype):
-            raise TypeError(f"only floating tensors can require grad; got dtype {data.dtype}")
+            checks.fail("requires_grad", f"False for a tensor of dtype {data.dtype} (only floating tensors can "
+                        "require grad)", requires_grad, "Tensor", TypeError)
         self.data = data
         self.grad = None
-        self.requires_grad = bool(requires_grad)
+        self.requires_grad = requires_grad
         self._node = None   # a Node(function, ctx, inputs) when made by an operation that needs a gradient
 
     def backward(self, grad=None, retain_graph=False):
@@ -65,6 +77,7 @@ class Tensor:
             RuntimeError if self does not require grad, if ``grad`` is omitted for a non-scalar, if ``grad`` has the
             wrong shape, or if the graph was already freed by an earlier backward.
         """
+        retain_graph = checks.boolean("retain_graph", retain_graph, "backward")
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad (no graph was recorded)")
         if grad is None and self.data.size != 1:
@@ -88,7 +101,8 @@ class Tensor:
                     tensor.grad += g
                 continue
             function, inputs = node.function, node.inputs
-            input_grads = function.backward(node.ctx, g)
+            with backend.quiet_floats():               # NaN / inf propagate without NumPy's warnings, as in PyTorch
+                input_grads = function.backward(node.ctx, g)
             input_grads = tuple(input_grads) if isinstance(input_grads, (tuple, list)) else (input_grads,)
             if len(input_grads) != len(inputs):
                 raise RuntimeError(f"{function.__name__}.backward returned {len(input_grads)} gradients for "
@@ -128,3 +142,4 @@ def _topological_order(root):
 
 
 from autograd.dtypes import as_data  # noqa: E402  (the dtype policy; dtypes.py needs Tensor defined first)
+from autograd import checks  # noqa: E402  (the argument checks; checks.py needs Tensor and as_data defined first)

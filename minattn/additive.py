@@ -1,12 +1,11 @@
 """Additive attention (Bahdanau et al. 2015), the layer: learned projections around the fused additive core."""
-import numbers
-
+from autograd import checks
 from autograd.backend import read_only
 from autograd.tensor import Tensor
 from minattn import functional as F
 from minattn import masks
 from minattn.fused.additive import AdditiveAttentionFunction
-from minattn.layers import Linear
+from minattn.layers import Linear, parameter_dtype
 from minattn.module import Module
 
 
@@ -53,11 +52,12 @@ class AdditiveAttention(Module):
 
     def __init__(self, query_size, key_size, num_hiddens, dropout=0.0, dtype=None):
         super().__init__()
-        for name, size in (("query_size", query_size), ("key_size", key_size), ("num_hiddens", num_hiddens)):
-            if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
-                raise ValueError(f"{name} must be a positive int, got {size!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        where = "AdditiveAttention"
+        query_size = checks.positive_int("query_size", query_size, where)
+        key_size = checks.positive_int("key_size", key_size, where)
+        num_hiddens = checks.positive_int("num_hiddens", num_hiddens, where)
+        dropout = checks.probability("dropout", dropout, where)
+        parameter_dtype(dtype, where)                                    # before W_q draws its weight
         self.query_size, self.key_size, self.num_hiddens, self.dropout = query_size, key_size, num_hiddens, dropout
         self.W_q = Linear(query_size, num_hiddens, bias=False, dtype=dtype)
         self.W_k = Linear(key_size, num_hiddens, bias=False, dtype=dtype)
@@ -74,13 +74,15 @@ class AdditiveAttention(Module):
         Returns:
             (B, L, Ev). Sets ``attention_weights`` (B, L, S).
         """
+        where = "AdditiveAttention"
         self._check(queries, keys, values)
         batch, num_queries, num_keys = queries.shape[0], queries.shape[1], keys.shape[1]
         if attn_mask is not None and getattr(attn_mask, "ndim", 0) == 3:
-            masks.check_batch_broadcast(attn_mask, (queries.shape[0], queries.shape[1], keys.shape[1]), "attn_mask")
+            masks.check_batch_broadcast(attn_mask, (queries.shape[0], queries.shape[1], keys.shape[1]), "attn_mask",
+                                        where)
             attn_mask = attn_mask.reshape((attn_mask.shape[0], 1) + tuple(attn_mask.shape[1:]))  # (B, 1, L, S)
         mask, bias = masks.attention_masks(batch, 1, num_queries, num_keys, queries.dtype,
-                                           valid_lens, attn_mask)         # broadcastable to (B, 1, L, S)
+                                           valid_lens, attn_mask, where=where)   # broadcastable to (B, 1, L, S)
         mask, bias = _squeeze_heads(mask), _squeeze_heads(bias)           # broadcastable to (B, L, S)
         drop = None
         if self.training and self.dropout > 0:
@@ -95,22 +97,19 @@ class AdditiveAttention(Module):
 
     def _check(self, queries, keys, values):
         """TypeError / ValueError naming the argument, before any arithmetic."""
-        dtype = self.W_q.weight.dtype
+        where, dtype = "AdditiveAttention", self.W_q.weight.dtype
         for name, t, last in (("queries", queries, self.query_size), ("keys", keys, self.key_size),
                               ("values", values, None)):
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{name} must be a minattn Tensor, got {type(t).__name__}")
+            checks.tensor(name, t, where, floating=True)
             if t.ndim != 3 or (last is not None and t.shape[-1] != last):
-                expected = f"(batch, length, {last})" if last is not None else "(batch, S, Ev)"
-                raise ValueError(f"{name} must be {expected}; got shape {t.shape}")
+                checks.fail(name, f"(batch, length, {last})" if last is not None else "(batch, S, Ev)", t, where)
             if t.dtype != dtype:
-                raise TypeError(f"{name} has dtype {t.dtype} but the layer's parameters have {dtype}; cast one "
-                                "explicitly")
+                checks.fail(name, f"of the parameters' dtype {dtype} (cast one explicitly)", t, where, TypeError)
         if not queries.shape[0] == keys.shape[0] == values.shape[0]:
-            raise ValueError(f"queries, keys, values batch sizes differ: {queries.shape}, {keys.shape}, "
-                             f"{values.shape}")
+            checks.fail("keys, values", f"of queries' batch size {queries.shape[0]}", keys, where,
+                        received=f"keys {keys.shape}, values {values.shape}")
         if keys.shape[1] != values.shape[1]:
-            raise ValueError(f"keys {keys.shape} and values {values.shape} must have the same length S")
+            checks.fail("values", f"(batch, {keys.shape[1]}, Ev): the length S of keys {keys.shape}", values, where)
 
     def extra_repr(self):
         """The constructor arguments, for repr."""

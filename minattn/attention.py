@@ -1,13 +1,14 @@
 """Multi-head attention (Vaswani et al. 2017, §3.2.2), built on the fused scaled dot-product attention."""
 import math
 
-from autograd import ops
+from autograd import checks, ops
 from autograd.grad_mode import is_grad_enabled
 from autograd.tensor import Tensor
 from minattn import functional as F
 from minattn import masks
+from minattn.cache import KVCache
 from minattn.fused.flash_attention import FlashAttentionFunction
-from minattn.layers import LayerNorm, Linear
+from minattn.layers import LayerNorm, Linear, parameter_dtype
 from minattn.module import Module
 
 
@@ -16,7 +17,11 @@ ATTN_IMPLS = ("dense", "flash")
 
 
 def transpose_qkv(x, num_heads):
-    """(B, L, h·d_h) → (B, h, L, d_h): split the features into h heads and move the head axis forward (d2l §11.5)."""
+    """(B, L, h·d_h) → (B, h, L, d_h): split the features into h heads and move the head axis forward (d2l §11.5).
+    TypeError / ValueError unless x is (B, L, features) with features divisible by num_heads (an int >= 1)."""
+    num_heads = checks.positive_int("num_heads", num_heads, "transpose_qkv")
+    if x.ndim != 3 or x.shape[-1] % num_heads:
+        checks.fail("x", f"(batch, length, h·d_h) with h = num_heads = {num_heads}", x, "transpose_qkv")
     batch, length, features = x.shape
     x = x.reshape(batch, length, num_heads, features // num_heads)     # (B, L, h, d_h)
     return ops.permute(x, (0, 2, 1, 3))                                 # (B, h, L, d_h)
@@ -29,20 +34,21 @@ def transpose_output(x):
     return x.reshape(batch, length, heads * head_dim)                   # (B, L, h·d_h)
 
 
-def check_qkv(query, key, value, embed_dim, kdim, vdim):
+def check_qkv(query, key, value, embed_dim, kdim, vdim, where=None, dtype=None):
     """ValueError / TypeError naming the argument when query, key, value are not (B, L, E), (B, S, kdim),
-    (B, S, vdim) tensors of one dtype."""
+    (B, S, vdim) tensors of one dtype (``dtype``, the layer's parameters', when given)."""
     for name, t, last in (("query", query, embed_dim), ("key", key, kdim), ("value", value, vdim)):
-        if not hasattr(t, "shape") or not hasattr(t, "data"):
-            raise TypeError(f"{name} must be a minattn Tensor, got {type(t).__name__}")
+        checks.tensor(name, t, where, floating=True)
         if t.ndim != 3 or t.shape[-1] != last:
-            raise ValueError(f"{name} must be (batch, length, {last}); got shape {t.shape}")
-        if t.dtype != query.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}")
+            checks.fail(name, f"(batch, length, {last})", t, where)
+        if t.dtype != (query.dtype if dtype is None else dtype):
+            checks.fail(name, f"of dtype {query.dtype if dtype is None else dtype} (the "
+                        f"{'query' if dtype is None else 'parameters'}'; cast explicitly)", t, where, TypeError)
     if not query.shape[0] == key.shape[0] == value.shape[0]:
-        raise ValueError(f"query, key, value batch sizes differ: {query.shape}, {key.shape}, {value.shape}")
+        checks.fail("key, value", f"of query's batch size {query.shape[0]}", key, where,
+                    received=f"key {key.shape}, value {value.shape}")
     if key.shape[1] != value.shape[1]:
-        raise ValueError(f"key {key.shape} and value {value.shape} must have the same length S")
+        checks.fail("value", f"(batch, {key.shape[1]}, vdim): the length S of key {key.shape}", value, where)
 
 
 class MultiHeadAttention(Module):
@@ -109,37 +115,16 @@ class MultiHeadAttention(Module):
                  share_qk=False, dtype=None, attn_impl="dense", block_size=128, num_kv_heads=None, rope=False,
                  rope_base=10000.0, alibi=False, window=None):
         super().__init__()
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {', '.join(map(repr, ATTN_IMPLS))}; got {attn_impl!r}")
-        if not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-        if attn_impl == "flash" and dropout > 0:
-            raise ValueError(f"attn_impl='flash' does not support attention dropout (got dropout={dropout}); "
-                             "use attn_impl='dense', or dropout=0")
-        if num_heads <= 0 or embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if rope and (embed_dim // max(num_heads, 1)) % 2:
-            raise ValueError(f"rope rotates channel pairs: the head dimension embed_dim / num_heads = "
-                             f"{embed_dim // num_heads} must be even")
+        self.check_arguments(embed_dim, num_heads, dropout, bias, kdim, vdim, qk_norm, share_qk, dtype, attn_impl,
+                             block_size, num_kv_heads, rope, rope_base, alibi, window)   # before any parameter draw
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        if isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, int) or num_kv_heads <= 0 \
-                or num_heads % num_kv_heads:
-            raise ValueError(f"num_kv_heads={num_kv_heads!r} must be a positive int dividing num_heads={num_heads}")
-        if share_qk and num_kv_heads != num_heads:
-            raise ValueError(f"share_qk ties W_k to W_q, so keys need num_heads={num_heads} heads; got "
-                             f"num_kv_heads={num_kv_heads}")
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.num_kv_heads = num_kv_heads
-        masks.check_window(window, is_causal=True)
-        self.rope, self.rope_base, self.alibi, self.window = bool(rope), rope_base, bool(alibi), window
+        self.rope, self.rope_base, self.alibi, self.window = rope, float(rope_base), alibi, window
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
-        self.dropout = dropout
+        self.dropout = float(dropout)
         self.attn_impl, self.block_size = attn_impl, block_size
         self.W_q = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype)
-        if share_qk and self.kdim != embed_dim:
-            raise ValueError(f"share_qk needs keys of width embed_dim={embed_dim}; got kdim={self.kdim}")
         kv_dim = num_kv_heads * self.head_dim                          # h_kv·d_h (embed_dim without GQA)
         self.W_k = None if share_qk else Linear(self.kdim, kv_dim, bias=bias, dtype=dtype)
         self.W_v = Linear(self.vdim, kv_dim, bias=bias, dtype=dtype)
@@ -148,6 +133,46 @@ class MultiHeadAttention(Module):
         # tied Q/K keeps its symmetry only if q and k are normalised alike: one LayerNorm for both
         self.k_norm = LayerNorm(self.head_dim, dtype=dtype) if qk_norm and not share_qk else None
         self.attention_weights = None
+
+    @staticmethod
+    def check_arguments(embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None, qk_norm=False,
+                        share_qk=False, dtype=None, attn_impl="dense", block_size=128, num_kv_heads=None, rope=False,
+                        rope_base=10000.0, alibi=False, window=None):
+        """Check the constructor's arguments (the same signature) without building anything: TypeError /
+        ValueError naming the first bad one (``autograd.checks``). The constructor calls it before drawing a
+        parameter; so do the models that build these layers (Transformer, GPT), before drawing theirs."""
+        where = "MultiHeadAttention"
+        embed_dim = checks.positive_int("embed_dim", embed_dim, where)
+        num_heads = checks.positive_int("num_heads", num_heads, where)
+        if embed_dim % num_heads:
+            checks.fail("num_heads", f"a divisor of embed_dim={embed_dim}", num_heads, where)
+        dropout = checks.probability("dropout", dropout, where)
+        for name, flag in (("bias", bias), ("qk_norm", qk_norm), ("share_qk", share_qk), ("rope", rope),
+                           ("alibi", alibi)):
+            checks.boolean(name, flag, where)
+        kdim = embed_dim if kdim is None else checks.positive_int("kdim", kdim, where)
+        if vdim is not None:
+            checks.positive_int("vdim", vdim, where)
+        parameter_dtype(dtype, where)
+        attn_impl = checks.one_of("attn_impl", attn_impl, ATTN_IMPLS, where)
+        checks.positive_int("block_size", block_size, where)
+        if attn_impl == "flash" and dropout > 0:
+            checks.fail("dropout", "0 with attn_impl='flash' (no attention dropout there; use attn_impl='dense')",
+                        dropout, where)
+        if num_kv_heads is not None:
+            num_kv_heads = checks.positive_int("num_kv_heads", num_kv_heads, where)
+            if num_heads % num_kv_heads:
+                checks.fail("num_kv_heads", f"a divisor of num_heads={num_heads}", num_kv_heads, where)
+            if share_qk and num_kv_heads != num_heads:
+                checks.fail("num_kv_heads", f"num_heads={num_heads} with share_qk (W_k is W_q)", num_kv_heads, where)
+        if share_qk and kdim != embed_dim:
+            checks.fail("kdim", f"embed_dim={embed_dim} with share_qk (W_k is W_q)", kdim, where)
+        if rope and (embed_dim // num_heads) % 2:
+            checks.fail("num_heads", f"such that the head dimension embed_dim / num_heads is even for rope (it "
+                        f"rotates channel pairs; here {embed_dim} / {num_heads} = {embed_dim // num_heads})",
+                        num_heads, where)
+        checks.positive_float("rope_base", rope_base, where)
+        masks.check_window(window, True, where)
 
     def forward(self, query, key, value, valid_lens=None, attn_mask=None, is_causal=False, cache=None):
         """Attend from each query position to the key/value positions.
@@ -165,19 +190,23 @@ class MultiHeadAttention(Module):
             (B, L, E). A query with every key masked gets 0 from attention (then W_o's bias).
         Raises:
             RuntimeError for a cache while gradients are recorded; ValueError as listed in the class docstring.
+            Everything is checked before anything changes (no dropout drawn, no cache written, no weights kept).
         """
-        check_qkv(query, key, value, self.embed_dim, self.kdim, self.vdim)
+        where = "MultiHeadAttention"
+        check_qkv(query, key, value, self.embed_dim, self.kdim, self.vdim, where, self.W_q.weight.dtype)
+        is_causal = checks.boolean("is_causal", is_causal, where)
         if self.window is not None and not is_causal:
-            raise ValueError(f"this layer has a sliding window ({self.window}), which is causal: call it with "
-                             "is_causal=True")
+            checks.fail("is_causal", f"True for this layer's sliding window ({self.window}), which is causal",
+                        is_causal, where)
         if cache is not None:
+            checks.instance("cache", cache, KVCache, "a KVCache or None", where)
             return self._forward_cached(query, key, value, valid_lens, attn_mask, is_causal, cache)
         batch, num_queries, num_keys = query.shape[0], query.shape[1], key.shape[1]
         flash = self.attn_impl == "flash"
         causal_tiles = flash and is_causal and attn_mask is None   # flash applies is_causal per tile: no (L, S) mask
         mask, bias = masks.attention_masks(batch, self.num_heads, num_queries, num_keys, query.dtype,
                                            valid_lens, attn_mask, is_causal and not causal_tiles,
-                                           self.window if is_causal else None)   # -> (B, h, L, S)
+                                           self.window if is_causal else None, where)   # -> (B, h, L, S)
         if self.alibi:
             slopes = masks.alibi_bias(self.num_heads, num_queries, num_keys, query.dtype)   # (h, L, S)
             bias = slopes if bias is None else bias + slopes                              # (B | 1, h, L, S)
@@ -208,19 +237,28 @@ class MultiHeadAttention(Module):
 
     def _forward_cached(self, query, key, value, valid_lens, attn_mask, is_causal, cache):
         """``forward`` with a KVCache: only the new tokens' q, k, v are computed (see minattn/cache.py)."""
+        where = "MultiHeadAttention"
         if is_grad_enabled():
             raise RuntimeError("a KVCache is for decoding: its keys and values are constants, so call under "
                                "minattn.no_grad()")
         if attn_mask is not None:
-            raise ValueError("a cached call takes no attn_mask (the causal mask is built from cache.position)")
+            checks.fail("attn_mask", "None with a cache (the causal mask is built from cache.position)", attn_mask,
+                        where)
         batch, new = query.shape[0], query.shape[1]
         offset = cache.position                                        # the first new query's position
+        reuse = cache.static and cache.length                          # cross-attention: the memory's, once
+        num_keys = cache.length if reuse else cache.length + key.shape[1]
+        if not reuse:
+            cache.check_room("key", key.shape[1], where)
+        causal = masks.causal_mask(new, num_keys, self.window, offset) if is_causal else None   # (t, S)
+        mask, bias = masks.attention_masks(batch, self.num_heads, new, num_keys, query.dtype, valid_lens, causal,
+                                           where=where)                # checked before the cache changes
         q = transpose_qkv(self.W_q(query), self.num_heads)             # (B, h, t, d_h)
         if self.q_norm is not None:
             q = self.q_norm(q)
         if self.rope:
             q = F.rotary_embedding(q, offset=offset, base=self.rope_base)   # (B, h, t, d_h)  positions offset …
-        if cache.static and cache.length:                              # cross-attention: the memory's, once
+        if reuse:
             k, v = Tensor(cache.keys), Tensor(cache.values)            # (B, h_kv, S, d_h)
         else:
             W_k = self.W_q if self.W_k is None else self.W_k
@@ -232,9 +270,6 @@ class MultiHeadAttention(Module):
                 k = F.rotary_embedding(k, offset=0 if cache.static else cache.length, base=self.rope_base)
             k, v = (Tensor(a) for a in cache.append(k.data, v.data))   # (B, h_kv, S, d_h): every key so far
         cache.position += new
-        num_keys = k.shape[-2]
-        causal = masks.causal_mask(new, num_keys, self.window, offset) if is_causal else None   # (t, S)
-        mask, bias = masks.attention_masks(batch, self.num_heads, new, num_keys, query.dtype, valid_lens, causal)
         if self.alibi:
             slopes = masks.alibi_bias(self.num_heads, new, num_keys, query.dtype, offset)   # (h, t, S)
             bias = slopes if bias is None else bias + slopes

@@ -7,6 +7,7 @@ head dimension: the layout attention reads them in (``transpose_qkv``'s (B, h, L
 positions are a view, never a copy. With grouped-query attention the cache holds h_kv heads, not h: it shrinks by
 h / h_kv. The cached arrays are constants: a cached call records no gradient into them (decode under ``no_grad``).
 """
+from autograd import checks
 from autograd.backend import xp
 
 
@@ -23,9 +24,8 @@ class KVCache:
     """
 
     def __init__(self, max_len, static=False):
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"KVCache: max_len must be a positive int, got {max_len!r}")
-        self.max_len, self.static = max_len, static
+        self.max_len = checks.positive_int("max_len", max_len, "KVCache")
+        self.static = checks.boolean("static", static, "KVCache")
         self.length = self.position = 0
         self._keys = self._values = None                               # (B, h_kv, T_max, d_h), made on first use
 
@@ -39,18 +39,37 @@ class KVCache:
         """(B, h_kv, length, d_h): a view of the filled positions, or None while empty."""
         return None if self._values is None else self._values[:, :, :self.length]
 
+    def check_room(self, name, new, where="KVCache"):
+        """ValueError naming ``name`` unless ``new`` more positions fit in max_len (checked before anything is
+        computed or written)."""
+        if self.length + new > self.max_len:
+            checks.fail(name, f"at most {self.max_len - self.length} new positions to fit in the cache (it holds "
+                        f"{self.length} of max_len={self.max_len})", new, where, received=f"{new} positions")
+
     def append(self, k, v):
         """Write k, v (B, h_kv, t, d_h) at positions length … length + t − 1; return all keys and values so far.
 
-        Raises ValueError when they would not fit in max_len, or do not match what the cache holds.
+        Raises ValueError when they would not fit in max_len, or do not match what the cache holds (shapes and
+        dtypes of both, k and v of one batch, heads and length), before anything is written.
         """
+        where = "KVCache.append"
+        for name, a in (("k", k), ("v", v)):
+            if not hasattr(a, "ndim"):
+                checks.fail(name, "a (B, h_kv, t, d_h) array", a, where, TypeError)
+            if a.ndim != 4:
+                checks.fail(name, "a (B, h_kv, t, d_h) array", a, where)
+        if v.shape[:3] != k.shape[:3] or v.dtype != k.dtype:
+            checks.fail("v", f"of k's (B, h_kv, t) = {k.shape[:3]} and dtype {k.dtype}", v, where)
+        if self._keys is not None:
+            for name, a, held in (("k", k, self._keys), ("v", v, self._values)):
+                if a.shape[:2] + a.shape[3:] != held.shape[:2] + held.shape[3:] or a.dtype != held.dtype:
+                    checks.fail(name, f"(B, h_kv, t, d) = {held.shape[:2]} + (t,) + {held.shape[3:]} of dtype "
+                                f"{held.dtype}, as the cache holds", a, where)
+        self.check_room("k", k.shape[2], where)
         batch, heads, new, head_dim = k.shape
         if self._keys is None:
             self._keys = xp.empty((batch, heads, self.max_len, head_dim), dtype=k.dtype)   # (B, h_kv, T_max, d_h)
             self._values = xp.empty((batch, heads, self.max_len, v.shape[-1]), dtype=v.dtype)
-        if self.length + new > self.max_len or k.shape[:2] != self._keys.shape[:2] or k.dtype != self._keys.dtype:
-            raise ValueError(f"KVCache: cannot add keys {k.shape} {k.dtype} to a cache holding {self.length} of "
-                             f"{self.max_len} positions of {self._keys.shape[:2]} {self._keys.dtype}")
         self._keys[:, :, self.length:self.length + new] = k                # (B, h_kv, t, d_h) in place
         self._values[:, :, self.length:self.length + new] = v
         self.length += new

@@ -31,8 +31,10 @@ import json
 import os
 import secrets
 
-from autograd import backend
+from autograd import backend, checks
 from autograd.backend import host as np
+from minattn.module import Module
+from minattn.optim import Optimizer
 
 FORMAT = {"format": "minattn-checkpoint", "version": 1}
 MARKER = "__minattn__"
@@ -50,10 +52,11 @@ def save(path, model, optimizer=None, **extra):
             loading checks the optimizer belongs to the same parameters).
         extra: JSON-serialisable metadata (numbers, strings, lists, dicts, None), returned by ``load`` — as JSON
             returns it: floats and ints exactly, tuples as lists, dict keys as strings.
-    Raises (before anything is written): TypeError naming an ``extra`` entry JSON cannot hold; ValueError if the
-    optimizer holds a parameter that is not the model's. OSError from the file system (the old file stays intact).
+    Raises (before anything is written): TypeError naming an ``extra`` entry JSON cannot hold, or for a path,
+    model or optimizer of the wrong type; ValueError if the optimizer holds a parameter that is not the model's.
+    OSError from the file system (the old file stays intact).
     """
-    path = os.fspath(path)
+    path = _check_arguments("save", path, model, optimizer)
     arrays = {MARKER: _json_array(FORMAT)}
     for name, value in model.state_dict().items():
         arrays["model/" + name] = value
@@ -63,8 +66,8 @@ def save(path, model, optimizer=None, **extra):
         try:
             json.dumps(value)
         except (TypeError, ValueError) as err:
-            raise TypeError(f"save: extra entry {key!r} cannot be stored as JSON ({err}); pass numbers, strings, "
-                            "lists and dicts (e.g. array.tolist())") from err
+            checks.fail(key, "JSON-serialisable (numbers, strings, lists and dicts, e.g. array.tolist())", value,
+                        "save", TypeError, received=f"{checks.describe(value)} ({err})")
     arrays["extra"] = _json_array(extra)
     _write_atomically(path, arrays)
     return path
@@ -74,8 +77,9 @@ def _optimizer_arrays(model, optimizer):
     names = {id(p): name for name, p in model.named_parameters()}
     strangers = [i for i, p in enumerate(optimizer.params) if id(p) not in names]
     if strangers:
-        raise ValueError(f"save: the optimizer's parameters {strangers} (by position) are not parameters of the "
-                         "model, so the checkpoint could not match them up again")
+        checks.fail("optimizer", "an optimizer over parameters of the model (the checkpoint matches them up by name)",
+                    optimizer, "save", received=f"an optimizer whose parameters {strangers} (by position) are not "
+                    "the model's")
     state = optimizer.state_dict()
     meta = {key: value for key, value in state.items() if key not in optimizer.buffers}
     meta["param_names"] = [names[id(p)] for p in optimizer.params]
@@ -150,9 +154,9 @@ def load(path, model, optimizer=None):
     Everything is read and checked before anything is written. Raises FileNotFoundError for a missing file and
     ValueError naming ``path`` when the file is truncated or corrupt, is not a minattn checkpoint, does not fit the
     model (missing, unexpected or misshaped parameters), or holds no or mismatching optimizer state; in every such
-    case the model and the optimizer are unchanged.
+    case the model and the optimizer are unchanged. TypeError for a path, model or optimizer of the wrong type.
     """
-    path = os.fspath(path)
+    path = _check_arguments("load", path, model, optimizer)
     arrays = _read(path)
     extra = _extra(path, arrays)
     model_state = {name[len("model/"):]: a for name, a in arrays.items() if name.startswith("model/")}
@@ -169,8 +173,18 @@ def load(path, model, optimizer=None):
     return extra
 
 
+def _check_arguments(where, path, model, optimizer):
+    """``path`` as a str, after checking it is a path and model / optimizer are a Module / an Optimizer (or None)."""
+    checks.instance("path", path, (str, bytes, os.PathLike), "a path (str or os.PathLike)", where)
+    checks.instance("model", model, Module, "a minattn Module", where)
+    if optimizer is not None:
+        checks.instance("optimizer", optimizer, Optimizer, "an Optimizer (SGD, Adam) or None", where)
+    return os.fspath(path)
+
+
 def read_extra(path):
     """The ``extra`` metadata of the checkpoint at ``path`` without touching any model (e.g. to compare configs)."""
+    checks.instance("path", path, (str, bytes, os.PathLike), "a path (str or os.PathLike)", "read_extra")
     path = os.fspath(path)
     return _extra(path, _read(path))
 
@@ -195,6 +209,9 @@ def _read(path):
             raise ValueError(f"{path} is truncated or corrupt ({type(err).__name__}: {err})") from err
         finally:
             archive.close()
+    not_arrays = sorted(name for name, a in arrays.items() if not isinstance(a, np.ndarray))
+    if not_arrays:                      # numpy.load returns a member that is not a .npy file as raw bytes
+        raise ValueError(f"{path} is not a minattn checkpoint: its entries {not_arrays} are not arrays (.npy)")
     marker = arrays.get(MARKER)
     try:
         ours = marker is not None and json.loads(str(marker)) == FORMAT
@@ -262,7 +279,18 @@ def rng_state():
 
 
 def set_rng_state(state):
-    """Put back what ``rng_state`` returned (the device stream only on NumPy, where it was captured)."""
+    """Put back what ``rng_state`` returned (the device stream only on NumPy, where it was captured). TypeError /
+    ValueError, changing neither stream, unless ``state`` is such a dict."""
+    checks.instance("state", state, dict, "a dict from rng_state()", "set_rng_state")
+    if "host" not in state:
+        checks.fail("state", "a dict from rng_state() (with a 'host' entry)", state, "set_rng_state")
+    device = state.get("device") is not None and backend.BACKEND == "numpy"
+    for name in ("host", "device") if device else ("host",):
+        try:                           # each state tried on a scratch generator first: a bad one changes nothing
+            backend.new_host_rng(0).bit_generator.state = state[name]
+        except (TypeError, ValueError, KeyError) as err:
+            checks.fail(f"state[{name!r}]", "a generator state from rng_state()", state[name], "set_rng_state",
+                        received=f"{checks.describe(state[name])} ({err})")
     backend.host_rng().bit_generator.state = state["host"]
-    if state.get("device") is not None and backend.BACKEND == "numpy":
+    if device:
         backend.device_rng().bit_generator.state = state["device"]

@@ -1,14 +1,14 @@
 """minattn.functional: the stateless operations, checked and documented, as ``torch.nn.functional`` offers them.
 
-Each function validates its arguments (shapes, dtypes, ranges) before computing anything, then calls the fused
-Function from ``minattn/fused/`` whose backward is written by hand.
+Each function validates its arguments (shapes, dtypes, ranges) before computing anything — through the one vocabulary
+of ``autograd.checks``, so every error names the function, the argument, what was expected and what was got — then
+calls the fused Function from ``minattn/fused/`` whose backward is written by hand.
 """
 import math
-import numbers
 
-from autograd import backend, ops
+from autograd import backend, checks, ops
 from autograd.backend import read_only, xp
-from autograd.tensor import Tensor, as_data
+from autograd.tensor import Tensor
 from minattn import masks
 from minattn.fused.attention import ScaledDotProductAttentionFunction
 from minattn.fused.cross_entropy import CrossEntropyFunction
@@ -20,15 +20,10 @@ from minattn.fused.rotary import RotaryEmbeddingFunction
 from minattn.fused.softmax import SoftmaxFunction
 
 
-def _check_tensor(x, name):
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a minattn Tensor, got {type(x).__name__}")
-
-
-def _check_float(x, name):
-    _check_tensor(x, name)
-    if not backend.is_floating(x.dtype):
-        raise TypeError(f"{name} must be a floating tensor, got dtype {x.dtype}")
+def _same_dtype(where, reference, name, t):
+    """TypeError in the checks' format unless tensor ``t`` has ``reference``'s dtype (minattn never casts silently)."""
+    if t.dtype != reference[1].dtype:
+        checks.fail(name, f"of {reference[0]}'s dtype {reference[1].dtype} (cast one explicitly)", t, where, TypeError)
 
 
 def linear(x, weight, bias=None):
@@ -36,42 +31,51 @@ def linear(x, weight, bias=None):
 
     Raises TypeError if the dtypes differ (no silent cast), ValueError if x's last axis is not in_features.
     """
-    _check_float(x, "x")
-    _check_float(weight, "weight")
+    where = "linear"
+    checks.tensor("x", x, where, floating=True)
+    checks.tensor("weight", weight, where, floating=True)
     if weight.ndim != 2:
-        raise ValueError(f"linear: weight must be (out_features, in_features); got shape {weight.shape}")
-    if bias is not None and bias.shape != weight.shape[:1]:
-        raise ValueError(f"linear: bias must be ({weight.shape[0]},) to match the weight; got {bias.shape}")
-    if x.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
-        raise TypeError(f"linear: x has dtype {x.dtype}, weight {weight.dtype}"
-                        f"{'' if bias is None else ', bias ' + str(bias.dtype)}; cast explicitly")
+        checks.fail("weight", "(out_features, in_features)", weight, where)
+    if bias is not None:
+        checks.tensor("bias", bias, where, floating=True)
+        if bias.shape != weight.shape[:1]:
+            checks.fail("bias", f"({weight.shape[0]},) to match the weight", bias, where)
+        _same_dtype(where, ("weight", weight), "bias", bias)
+    _same_dtype(where, ("weight", weight), "x", x)
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"linear: x of shape {x.shape} must end in in_features={weight.shape[1]}")
+        checks.fail("x", f"(..., in_features={weight.shape[1]})", x, where)
     return LinearFunction.apply(x, weight, *([bias] if bias is not None else []))
 
 
-def _check_axis(x, axis):
-    if not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis {axis!r} is out of range for x of shape {x.shape}")
+def _softmax_axis(where, x, axis):
+    """``axis`` checked against x; a 0-d x is taken as one element on one axis, as PyTorch does (axis 0 or -1)."""
+    checks.tensor("x", x, where, floating=True)
+    return checks.axis("axis", axis, max(x.ndim, 1), where)
 
 
 def softmax(x, axis=-1):
     """Softmax over ``axis``: P = exp(x − max) / Σ exp(x − max). Fused (see ``SoftmaxFunction``).
 
-    Raises ValueError for an axis x does not have.
+    A 0-d x is one element on one axis (axis 0 or -1), as in PyTorch: its softmax is 1.
+    Raises TypeError for a non-float x or a non-int axis, ValueError for an axis x does not have.
     """
-    _check_float(x, "x")
-    _check_axis(x, axis)
+    axis = _softmax_axis("softmax", x, axis)
+    if x.ndim == 0:
+        return SoftmaxFunction.apply(x.reshape(1)).reshape(())
     return SoftmaxFunction.apply(x, axis=axis)
 
 
 def log_softmax(x, axis=-1):
     """log softmax(x) = x − m − log Σ exp(x − m) over ``axis``, m = the max (a constant: the shift cancels).
 
-    Composed from engine primitives (sub, exp, sum, log); stable for logits of any size.
+    Composed from engine primitives (sub, exp, sum, log); stable for logits of any size. Errors and 0-d x as
+    ``softmax``.
     """
-    _check_float(x, "x")
-    _check_axis(x, axis)
+    axis = _softmax_axis("log_softmax", x, axis)
+    if x.ndim == 0:
+        return log_softmax(x.reshape(1)).reshape(())
+    if x.shape[axis] == 0:                                        # nothing to normalise: the empty result, as PyTorch
+        return x * 1.0
     shifted = x - x.data.max(axis=axis, keepdims=True)
     return shifted - ops.log(ops.exp(shifted).sum(axis=axis, keepdims=True))
 
@@ -86,14 +90,14 @@ def masked_softmax(scores, valid_lens=None):
     Raises TypeError / ValueError for bad valid_lens (see ``masks.valid_lens_mask``).
     Source: d2l §11.3.2 (``masked_softmax``).
     """
-    _check_float(scores, "scores")
+    where = "masked_softmax"
+    checks.tensor("scores", scores, where, floating=True)
     if valid_lens is None:
-        return SoftmaxFunction.apply(scores)
+        return softmax(scores)
     if scores.ndim < 3:
-        raise ValueError(f"masked_softmax: scores must be (batch, ..., L, S); got shape {scores.shape}")
-    mask = masks.valid_lens_mask(valid_lens, scores.shape[-2], scores.shape[-1])   # (B, 1|L, S)
-    if mask.shape[0] != scores.shape[0]:
-        raise ValueError(f"valid_lens has {mask.shape[0]} rows but scores have batch size {scores.shape[0]}")
+        checks.fail("scores", "(batch, ..., L, S) with valid_lens", scores, where)
+    mask = masks.valid_lens_mask(valid_lens, scores.shape[-2], scores.shape[-1], scores.shape[0],
+                                 where)                                              # (B, 1|L, S)
     mask = mask.reshape(mask.shape[:1] + (1,) * (scores.ndim - 3) + mask.shape[1:])   # (B, 1.., 1|L, S)
     return SoftmaxFunction.apply(scores, mask=mask)
 
@@ -102,17 +106,21 @@ def dropout(x, p=0.5, training=True):
     """Inverted dropout: each element zeroed with probability p, the rest scaled by 1/(1 − p); identity in eval.
 
     Composed from a constant mask and the engine's Mul, so its backward is Mul's (dx = dy ∘ mask).
-    Raises ValueError unless 0 <= p < 1.  Source: Srivastava et al. 2014.
+    Raises ValueError unless 0 <= p < 1, TypeError for a non-float x or a non-bool training.
+    Source: Srivastava et al. 2014.
     """
-    if not 0 <= p < 1:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    checks.tensor("x", x, "dropout", floating=True)
+    p = checks.probability("p", p, "dropout")
+    training = checks.boolean("training", training, "dropout")
     if not training or p == 0:
         return x
     return x * Tensor(dropout_mask(x.shape, p, x.dtype))
 
 
 def dropout_mask(shape, p, dtype):
-    """The dropout multiplier D: an array of ``shape`` and ``dtype`` holding 0 (probability p) or 1/(1 − p)."""
+    """The dropout multiplier D: an array of ``shape`` and ``dtype`` holding 0 (probability p) or 1/(1 − p).
+    TypeError / ValueError, before anything is drawn, unless p is in [0, 1)."""
+    p = checks.probability("p", p, "dropout_mask")
     u = backend.random_uniform(shape, dtype)
     return (u >= dtype.type(p)) * dtype.type(1 / (1 - p))
 
@@ -121,27 +129,35 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None):
     """LayerNorm over the last axis. x: (..., D); weight γ and bias β: (D,), or None for 1 and 0 (constants).
 
     ``residual``: optional, shaped as x: normalise x + residual in the same node (the Transformer's Add & Norm).
-    Fused (see ``LayerNormFunction``). Raises ValueError if x's last axis or γ/β are not D or the residual is not
-    shaped as x, TypeError on a dtype mismatch.
+    Fused (see ``LayerNormFunction``). Raises ValueError if x's last axis or γ/β are not D, the residual is not
+    shaped as x or eps is not a finite number >= 0, TypeError on a dtype mismatch.
     """
-    _check_float(x, "x")
-    size = x.shape[-1] if x.ndim else 0
+    where = "layer_norm"
+    checks.tensor("x", x, where, floating=True)
+    if x.ndim == 0:
+        checks.fail("x", "(..., D) with at least one axis", x, where)
+    eps = checks.nonnegative_float("eps", eps, where)
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None:
+            checks.tensor(name, p, where, floating=True)
+            if p.ndim != 1:
+                checks.fail(name, "(D,)", p, where)
+            _same_dtype(where, ("x", x), name, p)
+    given = weight if weight is not None else bias                # the parameters fix D, as normalized_shape does
+    size = x.shape[-1] if given is None else given.shape[0]
+    if x.shape[-1] != size:
+        checks.fail("x", f"(..., {size}) to match the {'weight' if weight is not None else 'bias'} of shape "
+                    f"({size},)", x, where)
+    if bias is not None and bias.shape != (size,):
+        checks.fail("bias", f"({size},) to match the weight", bias, where)
     weight = Tensor(xp.ones(size, dtype=x.dtype)) if weight is None else weight
     bias = Tensor(xp.zeros(size, dtype=x.dtype)) if bias is None else bias
-    for name, p in (("weight", weight), ("bias", bias)):
-        _check_float(p, name)
-        if x.ndim == 0 or p.shape != (size,):
-            raise ValueError(f"layer_norm: x of shape {x.shape} and {name} of shape {p.shape}: expected "
-                             "x (..., D) and (D,)")
-        if p.dtype != x.dtype:
-            raise TypeError(f"layer_norm: x has dtype {x.dtype} but the {name} has {p.dtype}")
     if residual is None:
         return LayerNormFunction.apply(x, weight, bias, eps=eps)
-    _check_float(residual, "residual")
+    checks.tensor("residual", residual, where, floating=True)
     if residual.shape != x.shape:
-        raise ValueError(f"layer_norm: residual of shape {residual.shape} must have x's shape {x.shape}")
-    if residual.dtype != x.dtype:
-        raise TypeError(f"layer_norm: x has dtype {x.dtype} but the residual has {residual.dtype}")
+        checks.fail("residual", f"of x's shape {x.shape}", residual, where)
+    _same_dtype(where, ("x", x), "residual", residual)
     return LayerNormFunction.apply(x, weight, bias, residual, eps=eps)
 
 
@@ -150,24 +166,13 @@ def embedding(ids, weight):
 
     Fused (see ``EmbeddingFunction``): its backward adds each position's gradient to its token's row (a token used
     k times gets the sum of k gradients). Raises TypeError for non-integer ids and ValueError for an id outside
-    [0, num_embeddings) — CuPy would silently wrap it.
+    [0, num_embeddings) — CuPy would silently wrap it (``checks.int_ids``).
     """
-    ids = check_ids(ids, weight.shape[0], "embedding ids")
+    checks.tensor("weight", weight, "embedding", floating=True)
+    if weight.ndim != 2:
+        checks.fail("weight", "(num_embeddings, D)", weight, "embedding")
+    ids = checks.int_ids("ids", ids, weight.shape[0], "embedding")
     return EmbeddingFunction.apply(weight, ids=ids)
-
-
-def check_ids(ids, num_embeddings, name):
-    """``ids`` as a backend integer array, after checking every id lies in [0, num_embeddings).
-
-    Raises TypeError for non-integer ids, ValueError naming ``name`` for an id out of range (CuPy would wrap it).
-    """
-    ids = as_data(ids)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be integers, got dtype {ids.dtype}")
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_embeddings):
-        raise ValueError(f"{name} must lie in [0, {num_embeddings}); "
-                         f"got values in [{int(ids.min())}, {int(ids.max())}]")
-    return ids
 
 
 def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
@@ -180,24 +185,24 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduct
         label_smoothing: ε in [0, 1]: the target becomes (1 − ε) one-hot + ε / C.
         reduction: 'mean' (over rows not ignored), 'sum', or 'none' (shape of target).
     Raises TypeError / ValueError for a non-integer target, mismatched shapes, a class id out of range, a bad
-    reduction or label_smoothing. Fused (see ``CrossEntropyFunction``).
+    reduction, ignore_index or label_smoothing. Fused (see ``CrossEntropyFunction``).
     """
-    _check_float(logits, "logits")
-    target = as_data(target)
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if target.dtype.kind not in "iu":
-        raise TypeError(f"target must hold integer class ids, got dtype {target.dtype}")
-    if logits.ndim < 2 or target.shape != logits.shape[:1] + logits.shape[2:]:
-        raise ValueError(f"logits {logits.shape} and target {target.shape} do not match: expected logits (N, C, ...) "
-                         "and target (N, ...)")
+    where = "cross_entropy"
+    checks.tensor("logits", logits, where, floating=True)
+    reduction = checks.one_of("reduction", reduction, ("mean", "sum", "none"), where)
+    label_smoothing = checks.probability("label_smoothing", label_smoothing, where, include_one=True)
+    ignore_index = checks.integer("ignore_index", ignore_index, where=where)
+    if logits.ndim < 2:
+        checks.fail("logits", "(N, C) or (N, C, d1, ...)", logits, where)
+    target = checks.integer_array("target", target, where)
+    if target.shape != logits.shape[:1] + logits.shape[2:]:
+        checks.fail("target", f"{logits.shape[:1] + logits.shape[2:]} to match logits (N, C, ...) of shape "
+                    f"{logits.shape}", target, where)
     num_classes = logits.shape[1]
     kept = target[target != ignore_index]
     if kept.size and (int(kept.min()) < 0 or int(kept.max()) >= num_classes):
-        raise ValueError(f"target ids must lie in [0, {num_classes}) or equal ignore_index={ignore_index}; "
-                         f"got values in [{int(kept.min())}, {int(kept.max())}]")
+        checks.fail("target", f"class ids in [0, {num_classes}) or ignore_index={ignore_index}", target, where,
+                    received=checks.values_text(kept))
     out_shape = target.shape
     if logits.ndim > 2:   # classes last, then one row per position
         logits = ops.permute(logits, (0,) + tuple(range(2, logits.ndim)) + (1,)).reshape(-1, num_classes)
@@ -207,30 +212,36 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduct
     return loss.reshape(out_shape) if reduction == "none" else loss
 
 
-def _check_qkv(query, key, value, enable_gqa=False):
+def _check_qkv(where, query, key, value, enable_gqa=False):
     """Validate (..., L, E), (..., S, E), (..., S, Ev) float tensors of one dtype; return (batch shape, L, S).
 
     With ``enable_gqa``: query (..., Hq, L, E), key and value (..., Hkv, S, ·) with Hkv dividing Hq (ValueError
-    otherwise); the batch returned has Hq heads (what a mask must broadcast to).
+    otherwise); the batch returned has Hq heads (what a mask must broadcast to). E may be 0 (as in PyTorch).
     """
+    axes = "(..., heads, length, features)" if enable_gqa else "(..., length, features)"
     for name, t in (("query", query), ("key", key), ("value", value)):
-        _check_float(t, name)
+        checks.tensor(name, t, where, floating=True)
         if t.ndim < (3 if enable_gqa else 2):
-            axes = "(..., heads, length, features)" if enable_gqa else "(..., length, features)"
-            raise ValueError(f"{name} must have at least {3 if enable_gqa else 2} axes {axes}; got shape {t.shape}")
-        if t.dtype != query.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}")
+            checks.fail(name, axes, t, where)
+        _same_dtype(where, ("query", query), name, t)
     if query.shape[-1] != key.shape[-1]:
-        raise ValueError(f"query {query.shape} and key {key.shape} must share the last axis E")
+        checks.fail("key", f"(..., S, {query.shape[-1]}): the last axis E of query {query.shape}", key, where)
     if key.shape[-2] != value.shape[-2]:
-        raise ValueError(f"key {key.shape} and value {value.shape} must share the length axis S")
+        checks.fail("value", f"(..., {key.shape[-2]}, Ev): the length axis S of key {key.shape}", value, where)
     if not enable_gqa:
-        return masks.batch_shape(query, key, value), query.shape[-2], key.shape[-2]
-    heads, kv_heads = query.shape[-3], key.shape[-3]
-    if value.shape[-3] != kv_heads or heads % kv_heads:
-        raise ValueError(f"enable_gqa: key and value need the same number of heads, dividing query's; got query "
-                         f"{query.shape}, key {key.shape}, value {value.shape}")
-    batch = masks.broadcast_shape(query.shape[:-2], key.shape[:-3] + (heads,), value.shape[:-3] + (heads,))
+        batches = (query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        heads = None
+    else:
+        heads, kv_heads = query.shape[-3], key.shape[-3]
+        if kv_heads == 0 or value.shape[-3] != kv_heads or heads % kv_heads:
+            checks.fail("key, value", f"one number of heads dividing query's {heads} (enable_gqa)", key, where,
+                        received=f"key {key.shape}, value {value.shape}")
+        batches = (query.shape[:-2], key.shape[:-3] + (heads,), value.shape[:-3] + (heads,))
+    try:
+        batch = masks.broadcast_shape(*batches)
+    except ValueError:
+        checks.fail("query, key, value", "batch axes that broadcast together", query, where,
+                    received=f"query {query.shape}, key {key.shape}, value {value.shape}")
     return batch, query.shape[-2], key.shape[-2]
 
 
@@ -294,12 +305,17 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, *, is_causal
     Source: Vaswani et al. 2017, eq. 1; Ainslie et al. 2023 (GQA), Shazeer 2019 (MQA). Backward:
     ``ScaledDotProductAttentionFunction``.
     """
-    if not 0 <= dropout_p < 1:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    masks.check_window(window, is_causal)
-    batch, num_queries, num_keys = _check_qkv(query, key, value, enable_gqa)
-    mask, bias = masks.split_attn_mask(attn_mask, is_causal, num_queries, num_keys, query.dtype, window)
-    masks.check_batch_broadcast(mask if mask is not None else bias, batch + (num_queries, num_keys), "attn_mask")
+    where = "scaled_dot_product_attention"
+    dropout_p = checks.probability("dropout_p", dropout_p, where)
+    is_causal = checks.boolean("is_causal", is_causal, where)
+    enable_gqa = checks.boolean("enable_gqa", enable_gqa, where)
+    need_weights = checks.boolean("need_weights", need_weights, where)
+    scale = None if scale is None else checks.finite_float("scale", scale, where=where)
+    window = masks.check_window(window, is_causal, where)
+    batch, num_queries, num_keys = _check_qkv(where, query, key, value, enable_gqa)
+    mask, bias = masks.split_attn_mask(attn_mask, is_causal, num_queries, num_keys, query.dtype, window, where)
+    masks.check_batch_broadcast(mask if mask is not None else bias, batch + (num_queries, num_keys), "attn_mask",
+                                where)
     return attention(query, key, value, mask, bias, scale, dropout_p, need_weights, enable_gqa)
 
 
@@ -319,7 +335,7 @@ def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0
         if need_weights:
             return ungroup_heads(result[0]), ungroup_heads(result[1])
         return ungroup_heads(result)
-    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    scale = default_scale(query.shape[-1]) if scale is None else checks.finite_float("scale", scale, where="attention")
     drop = None
     if dropout_p > 0:
         batch = masks.batch_shape(query, key)                                     # (...)
@@ -329,6 +345,12 @@ def attention(query, key, value, mask=None, bias=None, scale=None, dropout_p=0.0
     if need_weights:
         return out, Tensor(read_only(ctx.attention_weights))                        # (..., L, Ev), (..., L, S)
     return out
+
+
+def default_scale(features):
+    """1/√E, the scale of the scores when none is given; 1.0 for E = 0, where Q Kᵀ is all zeros whatever the scale
+    (PyTorch returns softmax(0 + mask) V there, the masked mean of the values — so does minattn)."""
+    return 1 / math.sqrt(features) if features else 1.0
 
 
 def rotary_embedding(x, offset=0, base=10000.0, interleaved=False):
@@ -346,14 +368,14 @@ def rotary_embedding(x, offset=0, base=10000.0, interleaved=False):
     fewer than 2 axes, a negative or non-integer offset, or a base that is not a positive finite number.
     Source: Su et al. 2021 (RoFormer). Backward: ``RotaryEmbeddingFunction`` (the inverse rotation).
     """
-    _check_float(x, "x")
+    where = "rotary_embedding"
+    checks.tensor("x", x, where, floating=True)
     if x.ndim < 2 or x.shape[-1] % 2:
-        raise ValueError(f"rotary_embedding: x must be (..., L, d) with d even; got shape {x.shape}")
-    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
-        raise ValueError(f"rotary_embedding: offset must be an int >= 0, got {offset!r}")
-    if isinstance(base, bool) or not isinstance(base, numbers.Real) or not 0 < base < math.inf:
-        raise ValueError(f"rotary_embedding: base must be a positive finite number, got {base!r}")
-    return RotaryEmbeddingFunction.apply(x, offset=int(offset), base=float(base), interleaved=bool(interleaved))
+        checks.fail("x", "(..., L, d) with d even", x, where)
+    offset = checks.nonnegative_int("offset", offset, where)
+    base = checks.positive_float("base", base, where)
+    interleaved = checks.boolean("interleaved", interleaved, where)
+    return RotaryEmbeddingFunction.apply(x, offset=offset, base=base, interleaved=interleaved)
 
 
 def alibi_slopes(num_heads):
@@ -390,17 +412,22 @@ def flash_attention(query, key, value, attn_mask=None, *, is_causal=False, scale
     Source: Dao et al. 2022 (FlashAttention); Dao 2023 (FlashAttention-2). Forward and backward:
     ``FlashAttentionFunction``.
     """
-    if dropout_p != 0:
-        raise ValueError(f"flash_attention does not support dropout (got dropout_p={dropout_p}); "
-                         "use scaled_dot_product_attention for attention dropout")
-    masks.check_window(window, is_causal)
-    batch, num_queries, num_keys = _check_qkv(query, key, value)
+    where = "flash_attention"
+    if checks.probability("dropout_p", dropout_p, where) != 0:
+        checks.fail("dropout_p", "0 (FlashAttention's fused dropout is not implemented; use "
+                    "scaled_dot_product_attention for attention dropout)", dropout_p, where)
+    is_causal = checks.boolean("is_causal", is_causal, where)
+    scale = None if scale is None else checks.finite_float("scale", scale, where=where)
+    block_size = checks.positive_int("block_size", block_size, where)
+    window = masks.check_window(window, is_causal, where)
+    batch, num_queries, num_keys = _check_qkv(where, query, key, value)
     # is_causal is applied per tile by FlashAttentionFunction, so no (L, S) causal mask is built here; it reaches
     # split_attn_mask only together with an attn_mask, where split_attn_mask raises (not both).
     mask, bias = masks.split_attn_mask(attn_mask, is_causal and attn_mask is not None, num_queries, num_keys,
-                                       query.dtype)
-    masks.check_batch_broadcast(mask if mask is not None else bias, batch + (num_queries, num_keys), "attn_mask")
-    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+                                       query.dtype, where=where)
+    masks.check_batch_broadcast(mask if mask is not None else bias, batch + (num_queries, num_keys), "attn_mask",
+                                where)
+    scale = default_scale(query.shape[-1]) if scale is None else scale
     return FlashAttentionFunction.apply(query, key, value, mask=mask, bias=bias, scale=scale, causal=is_causal,
                                         block_size=block_size, window=window)                   # (..., L, Ev)
 

@@ -9,14 +9,14 @@ layer may share the embedding matrix ("weight tying", GPT-2, Press & Wolf 2017).
 Functions with hand-written backwards (Linear, LayerNorm, attention, embedding, cross-entropy).
 Source: Radford et al. 2019 (GPT-2); Karpathy's nanoGPT (model.py); Touvron et al. 2023 (Llama: RoPE, GQA).
 """
-from autograd import backend
+from autograd import backend, checks
 from autograd.backend import xp
 from autograd.grad_mode import no_grad
 from autograd.tensor import Tensor
 from minattn import functional as F
 from minattn.attention import MultiHeadAttention
 from minattn.cache import KVCache
-from minattn.layers import Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN
+from minattn.layers import Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN, check_ffn
 from minattn.module import Module, ModuleList
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi")
@@ -28,6 +28,8 @@ class GPTBlock(Module):
 
     def __init__(self, embed_dim, num_heads, ffn_hidden, dropout=0.0, dtype=None, **attention_options):
         super().__init__()
+        MultiHeadAttention.check_arguments(embed_dim, num_heads, dropout, dtype=dtype, **attention_options)
+        check_ffn(embed_dim, ffn_hidden, dropout, dtype, "GPTBlock")   # all before the first parameter draw
         self.norm1 = LayerNorm(embed_dim, dtype=dtype)
         self.attention = MultiHeadAttention(embed_dim, num_heads, dropout, dtype=dtype, **attention_options)
         self.norm2 = LayerNorm(embed_dim, dtype=dtype)
@@ -54,18 +56,23 @@ class GPT(Module):
             "gpt2": GPT-2's initialisation as nanoGPT applies it (see ``init_gpt2_``).
         dtype: of the parameters (float32 by default).
     The FFN uses ReLU (minattn has no GELU). Raises ValueError for an unknown ``positions`` or ``init`` (listing
-    the valid ones) and as MultiHeadAttention for bad head counts.
+    the valid ones), TypeError / ValueError for sizes that are not ints >= 1 and as MultiHeadAttention for bad
+    head counts — all before any parameter is drawn from the seeded stream.
     """
 
     def __init__(self, vocab_size, max_len, embed_dim=64, num_heads=4, num_layers=2, ffn_hidden=None, dropout=0.0,
                  positions="learned", num_kv_heads=None, window=None, tie_weights=True, init="pytorch", dtype=None):
         super().__init__()
-        if positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {', '.join(map(repr, POSITIONS))}; got {positions!r}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {init!r}")
-        if num_heads <= 0 or embed_dim % num_heads:       # before any parameter is drawn from the seeded stream
-            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+        where = "GPT"
+        for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("num_layers", num_layers)):
+            checks.positive_int(name, value, where)
+        positions = checks.one_of("positions", positions, POSITIONS, where)
+        init = checks.one_of("init", init, INITS, where)
+        tie_weights = checks.boolean("tie_weights", tie_weights, where)
+        MultiHeadAttention.check_arguments(embed_dim, num_heads, dropout, dtype=dtype, num_kv_heads=num_kv_heads,
+                                           window=window, rope=positions == "rope", alibi=positions == "alibi")
+        ffn_hidden = 4 * embed_dim if ffn_hidden is None else ffn_hidden
+        check_ffn(embed_dim, ffn_hidden, dropout, dtype, where)
         self.vocab_size, self.max_len, self.embed_dim, self.positions = vocab_size, max_len, embed_dim, positions
         self.token_embedding = Embedding(vocab_size, embed_dim, dtype=dtype)
         self.position_embedding = Embedding(max_len, embed_dim, dtype=dtype) if positions == "learned" else None
@@ -73,7 +80,7 @@ class GPT(Module):
             else None
         options = dict(num_kv_heads=num_kv_heads, window=window, rope=positions == "rope",
                        alibi=positions == "alibi")
-        self.blocks = ModuleList(GPTBlock(embed_dim, num_heads, ffn_hidden or 4 * embed_dim, dropout, dtype, **options)
+        self.blocks = ModuleList(GPTBlock(embed_dim, num_heads, ffn_hidden, dropout, dtype, **options)
                                  for _ in range(num_layers))
         self.final_norm = LayerNorm(embed_dim, dtype=dtype)
         self.output = None if tie_weights else Linear(embed_dim, vocab_size, bias=False, dtype=dtype)
@@ -85,7 +92,9 @@ class GPT(Module):
         projections that end a residual branch (attention's W_o, the FFN's second Linear) ~ N(0, (std / √(2N))²) for
         N blocks — each block adds two branches to the residual stream, so its variance then stays about the same at
         any depth. LayerNorms stay γ = 1, β = 0. Draws from the host stream (``manual_seed``), in parameter order.
-        Source: Radford et al. 2019, §2.3; nanoGPT model.py ``_init_weights``."""
+        Source: Radford et al. 2019, §2.3; nanoGPT model.py ``_init_weights``. TypeError / ValueError unless std is a
+        finite number > 0."""
+        std = checks.positive_float("std", std, "GPT.init_gpt2_")
         rng = backend.host_rng()
         residual_std = std / (2 * len(self.blocks)) ** 0.5
         residual_ends = {id(layer.weight) for block in self.blocks for layer in (block.attention.W_o, block.ffn.dense2)}
@@ -101,12 +110,22 @@ class GPT(Module):
 
     def forward(self, ids, caches=None):
         """ids (B, T) integers → logits (B, T, vocab_size). ``caches``: one KVCache per block while generating: ids
-        then holds only the new tokens, at positions from ``caches[0].position`` on."""
+        then holds only the new tokens, at positions from ``caches[0].position`` on. Checked before anything runs:
+        ids (B, T) in the vocabulary, T within the position table (learned, sinusoidal), one cache per block."""
+        where = "GPT"
+        ids = checks.int_ids("ids", ids, self.vocab_size, where)
+        if caches is not None:
+            expected = f"a list of {len(self.blocks)} KVCaches, one per block"
+            checks.instance("caches", caches, (list, tuple), expected, where)
+            if len(caches) != len(self.blocks):
+                checks.fail("caches", expected, caches, where)
         offset = 0 if caches is None else caches[0].position
+        bounded = self.positions in ("learned", "sinusoidal")
+        if ids.ndim != 2 or (bounded and offset + ids.shape[1] > self.max_len):
+            checks.fail("ids", f"(batch, T <= {self.max_len - offset if bounded else 'any'}) token ids"
+                        + (f" at offset {offset}" if offset else ""), ids, where)
         x = self.token_embedding(ids)                                                # (B, T, d)
         if self.position_embedding is not None:
-            if offset + x.shape[1] > self.max_len:
-                raise ValueError(f"learned positions cover {self.max_len} tokens; got {offset + x.shape[1]}")
             x = x + self.position_embedding(xp.arange(offset, offset + x.shape[1]))  # (B, T, d)
         if self.sinusoids is not None:
             x = self.sinusoids(x, offset)                                            # (B, T, d)
@@ -128,8 +147,13 @@ class GPT(Module):
         the context is cropped to its last max_len − 1 tokens and the cache refilled from them (nanoGPT crops the
         same way). Runs in eval mode, under no_grad, and restores the mode. Raises ValueError for a bad argument.
         """
-        ids = F.check_ids(idx, self.vocab_size, "idx")
-        _check_sampling(ids, max_new_tokens, temperature, top_k, top_p)
+        where = "GPT.generate"
+        ids = checks.int_ids("idx", idx, self.vocab_size, where)
+        if ids.ndim != 2 or ids.shape[1] < 1:
+            checks.fail("idx", "(batch, T >= 1) token ids", idx, where)
+        max_new_tokens = checks.nonnegative_int("max_new_tokens", max_new_tokens, where)
+        temperature, top_k, top_p = check_sampling(temperature, top_k, top_p, where)
+        seed = None if seed is None else checks.nonnegative_int("seed", seed, where)
         bounded = self.positions in ("learned", "sinusoidal")                    # a table of max_len positions
         if bounded and ids.shape[1] > self.max_len:
             ids = ids[:, -self.max_len:]
@@ -162,8 +186,12 @@ class GPT(Module):
 
 def sample(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
     """One token id per row of host logits (B, V): argmax at temperature 0, else a draw from
-    softmax(logits / temperature) restricted to the top_k tokens and to the top_p nucleus. Host NumPy in and out."""
+    softmax(logits / temperature) restricted to the top_k tokens and to the top_p nucleus. Host NumPy in and out.
+    TypeError / ValueError as ``check_sampling``, or for logits that are not a (B, V) float array."""
     np = backend.host
+    if not isinstance(logits, np.ndarray) or logits.ndim != 2 or logits.dtype.kind != "f":
+        checks.fail("logits", "a host (B, V) float array", logits, "sample", TypeError)
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p, "sample")
     if temperature == 0:
         return logits.argmax(axis=-1)
     z = logits.astype(np.float64) / temperature                                      # (B, V)
@@ -184,18 +212,11 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
     return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), p.shape[-1] - 1)    # inverse CDF
 
 
-def _check_sampling(ids, max_new_tokens, temperature, top_k, top_p):
-    """ValueError naming the argument unless ids is (B, T ≥ 1), max_new_tokens an int ≥ 0, temperature ≥ 0,
-    top_k a positive int or None, top_p in (0, 1] or None."""
-    if ids.ndim != 2 or ids.shape[1] < 1:
-        raise ValueError(f"generate: idx must be (batch, T >= 1) token ids; got shape {ids.shape}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not 0 <= temperature < float("inf"):
-        raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"generate: top_k must be a positive int or None, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ValueError(f"generate: top_p must be in (0, 1] or None, got {top_p!r}")
+def check_sampling(temperature, top_k, top_p, where):
+    """(temperature, top_k, top_p) checked: temperature a finite number >= 0, top_k an int >= 1 or None, top_p in
+    (0, 1] or None; TypeError / ValueError naming the argument otherwise (``autograd.checks``)."""
+    temperature = checks.nonnegative_float("temperature", temperature, where)
+    top_k = None if top_k is None else checks.positive_int("top_k", top_k, where)
+    top_p = None if top_p is None else checks.finite_float("top_p", top_p, 0, 1, low_open=True, where=where)
+    return temperature, top_k, top_p
 

@@ -6,9 +6,10 @@ Conventions (../shared/DESIGN.md §3, and PyTorch's ``scaled_dot_product_attenti
   * ``valid_lens`` (d2l): (batch,) one length per sequence, or (batch, queries) one per query; keys at index
     >= valid_len are masked (they are padding);
   * ``is_causal``: query i sees keys 0..i (a lower-triangular mask aligned to the top-left, as in PyTorch).
-Every mask is checked here, before any arithmetic: a wrong shape or dtype raises with what was expected.
+Every mask is checked here, before any arithmetic, through ``autograd.checks`` (``lengths`` for valid_lens, ``fail``
+for a mask that does not fit): a wrong shape or dtype raises naming the argument, what was expected and what was got.
 """
-from autograd import backend
+from autograd import backend, checks
 from autograd.backend import broadcast_shape  # noqa: F401  (masks.broadcast_shape: the same rule)
 from autograd.backend import xp
 from autograd.tensor import as_data
@@ -23,49 +24,48 @@ def batch_shape(*arrays):
 def causal_mask(num_queries, num_keys, window=None, offset=0):
     """Boolean (L, S), True where key j <= query i (top-left aligned, as PyTorch's ``is_causal``); with a sliding
     ``window`` w also i − j < w: query i sees keys i − w + 1 … i (Mistral's sliding-window attention). ``offset``:
-    the queries are positions offset … offset + L − 1 (cached decoding: the keys before them are in the cache)."""
+    the queries are positions offset … offset + L − 1 (cached decoding: the keys before them are in the cache).
+    TypeError / ValueError (``autograd.checks``) for sizes or an offset that are not ints >= 0, a window not >= 1."""
+    where = "causal_mask"
+    num_queries = checks.nonnegative_int("num_queries", num_queries, where)
+    num_keys = checks.nonnegative_int("num_keys", num_keys, where)
+    window = None if window is None else checks.positive_int("window", window, where)
+    offset = checks.nonnegative_int("offset", offset, where)
     offset = offset + xp.arange(num_queries)[:, None] - xp.arange(num_keys)[None, :]   # (L, S)  i − j
     near = offset >= 0
     return near if window is None else near & (offset < window)
 
 
-def valid_lens_mask(valid_lens, num_queries, num_keys):
+def valid_lens_mask(valid_lens, num_queries, num_keys, batch=None, where=None):
     """Boolean mask from d2l's ``valid_lens``: True where key index < valid length.
 
     Args:
         valid_lens: integers, (B,) — one length per sequence — or (B, L) — one per query. Tensor or array.
         num_queries (L), num_keys (S): sizes of the score matrix.
+        batch (B): the number of sequences valid_lens must have (None: not checked); where: the caller, for messages.
     Returns:
         bool (B, 1, S) for 1-D valid_lens, (B, L, S) for 2-D.
     Raises:
-        TypeError for non-integer valid_lens; ValueError for another shape, or a length < 0 or > S.
+        TypeError for non-integer valid_lens; ValueError for another shape, or a length < 0 or > S
+        (``checks.lengths``).
     """
-    lens = as_data(valid_lens)
-    if lens.dtype.kind not in "iu":
-        raise TypeError(f"valid_lens must be integers, got dtype {lens.dtype}")
-    if lens.ndim == 2 and lens.shape[1] != num_queries:
-        raise ValueError(f"valid_lens of shape {lens.shape} must be (batch,) or (batch, {num_queries} queries)")
-    if lens.ndim not in (1, 2):
-        raise ValueError(f"valid_lens must be (batch,) or (batch, queries); got shape {lens.shape}")
-    if lens.size and (int(lens.min()) < 0 or int(lens.max()) > num_keys):
-        raise ValueError(f"valid_lens must lie in [0, {num_keys}] (the number of keys); "
-                         f"got values in [{int(lens.min())}, {int(lens.max())}]")
+    lens = checks.lengths("valid_lens", valid_lens, batch, num_keys, queries=num_queries, where=where)
     lens = lens[:, None] if lens.ndim == 1 else lens                       # (B, 1) or (B, L)
     return xp.arange(num_keys)[None, None, :] < lens[:, :, None]          # (B, 1 or L, S)
 
 
-def check_window(window, is_causal):
-    """ValueError unless ``window`` is None, or a positive int given with is_causal=True (a sliding window is a
-    causal mask that also forgets keys ``window`` or more positions back)."""
+def check_window(window, is_causal, where=None):
+    """``window``, after checking it is None, or a positive int given with is_causal=True (a sliding window is a
+    causal mask that also forgets keys ``window`` or more positions back). TypeError / ValueError otherwise."""
     if window is None:
-        return
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be a positive int (keys i - window + 1 .. i), got {window!r}")
+        return None
+    window = checks.positive_int("window", window, where)
     if not is_causal:
-        raise ValueError(f"window={window} is a sliding CAUSAL window: pass is_causal=True with it")
+        checks.fail("window", "given with is_causal=True (a sliding window is causal)", window, where)
+    return window
 
 
-def split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype, window=None):
+def split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype, window=None, where=None):
     """Normalise PyTorch-style ``attn_mask`` / ``is_causal`` into ``(mask, bias)`` for the softmax.
 
     Returns:
@@ -79,22 +79,26 @@ def split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype, window=N
     if attn_mask is None:
         return (causal_mask(num_queries, num_keys, window) if is_causal else None), None
     if is_causal:
-        raise ValueError("pass either attn_mask or is_causal=True, not both (PyTorch raises the same)")
+        checks.fail("attn_mask", "None with is_causal=True (pass either attn_mask or is_causal=True, not both, as "
+                    "PyTorch)", attn_mask, where)
     if getattr(attn_mask, "requires_grad", False):
-        raise TypeError("attn_mask is a constant here and would get no gradient; a learned bias is not supported "
-                        "(pass attn_mask.detach() if no gradient is wanted)")
-    mask = as_data(attn_mask)
+        checks.fail("attn_mask", "a constant (it would get no gradient; a learned bias is not supported: pass "
+                    "attn_mask.detach() if no gradient is wanted)", attn_mask, where, TypeError)
+    try:
+        mask = as_data(attn_mask)
+    except (TypeError, ValueError) as err:
+        checks.fail("attn_mask", "a boolean or float array", attn_mask, where, TypeError,
+                    received=f"{checks.describe(attn_mask)} ({err})")
+    if mask.dtype != bool and not backend.is_floating(mask.dtype):
+        checks.fail("attn_mask", "boolean (True = take part) or float (added to the scores)", attn_mask, where,
+                    TypeError)
+    if backend.is_floating(mask.dtype) and mask.dtype != dtype:
+        checks.fail("attn_mask", f"boolean, or float of the scores' dtype {dtype}", attn_mask, where, TypeError)
     if (mask.ndim < 1 or mask.shape[-1] not in (1, num_keys)
             or (mask.ndim > 1 and mask.shape[-2] not in (1, num_queries))):
-        raise ValueError(f"attn_mask of shape {mask.shape} does not broadcast to the scores' (L, S) = "
-                         f"({num_queries}, {num_keys})")
-    if mask.dtype == bool:
-        return mask, None
-    if not backend.is_floating(mask.dtype):
-        raise TypeError(f"attn_mask must be boolean (True = take part) or float (added); got dtype {mask.dtype}")
-    if mask.dtype != dtype:
-        raise TypeError(f"a float attn_mask must have the scores' dtype {dtype}; got {mask.dtype}")
-    return None, mask
+        checks.fail("attn_mask", f"broadcastable to the scores' (L, S) = ({num_queries}, {num_keys})", attn_mask,
+                    where)
+    return (mask, None) if mask.dtype == bool else (None, mask)
 
 
 def combine(*masks):
@@ -112,17 +116,14 @@ def broadcasts_to(shape, target):
     return len(shape) <= len(target) and all(a in (1, b) for a, b in zip(shape[::-1], target[::-1]))
 
 
-def check_batch_broadcast(array, scores_shape, name):
+def check_batch_broadcast(array, scores_shape, name, where=None):
     """ValueError naming ``name`` if ``array``'s shape does not broadcast to ``scores_shape``."""
-    if array is None:
-        return
-    shape = array.shape
-    if not broadcasts_to(shape, scores_shape):
-        raise ValueError(f"{name} of shape {shape} does not broadcast to the scores' shape {scores_shape}")
+    if array is not None and not broadcasts_to(array.shape, scores_shape):
+        checks.fail(name, f"broadcastable to the scores' shape {scores_shape}", array, where)
 
 
 def attention_masks(batch, num_heads, num_queries, num_keys, dtype, valid_lens=None, attn_mask=None,
-                    is_causal=False, window=None):
+                    is_causal=False, window=None, where=None):
     """Every way of masking a multi-head layer, merged into one ``(mask, bias)`` for scores (B, h, L, S).
 
     Args:
@@ -140,15 +141,13 @@ def attention_masks(batch, num_heads, num_queries, num_keys, dtype, valid_lens=N
     """
     scores_shape = (batch, num_heads, num_queries, num_keys)
     if attn_mask is not None and getattr(attn_mask, "ndim", 0) == 3:
-        raise ValueError(f"a 3-D attn_mask {tuple(attn_mask.shape)} is ambiguous here (per head, or PyTorch's "
-                         "(B·h, L, S)?): pass (L, S), (B, 1, L, S) or (B, h, L, S)")
-    mask, bias = split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype, window)
-    check_batch_broadcast(mask if mask is not None else bias, scores_shape, "attn_mask")
+        checks.fail("attn_mask", "(L, S), (B, 1, L, S) or (B, h, L, S): a 3-D mask is ambiguous here (per head, or "
+                    "PyTorch's (B·h, L, S)?)", attn_mask, where)
+    mask, bias = split_attn_mask(attn_mask, is_causal, num_queries, num_keys, dtype, window, where)
+    check_batch_broadcast(mask if mask is not None else bias, scores_shape, "attn_mask", where)
     lens_mask = None
     if valid_lens is not None:
-        lens_mask = valid_lens_mask(valid_lens, num_queries, num_keys)    # (B', 1|L, S)
-        if lens_mask.shape[0] != batch:
-            raise ValueError(f"valid_lens has {lens_mask.shape[0]} rows but the batch has {batch} sequences")
+        lens_mask = valid_lens_mask(valid_lens, num_queries, num_keys, batch, where)   # (B, 1|L, S)
         lens_mask = lens_mask[:, None]                                      # (B, 1, 1|L, S)
     return combine(lens_mask, mask), bias
 
@@ -158,10 +157,9 @@ def alibi_slopes(num_heads):
     for n = num_heads a power of two (8 heads: 1/2, 1/4, …, 1/256). For other head counts, as the paper's reference
     code does: the slopes of the nearest power of two below, n', then every other slope of 2n' for the rest.
 
-    Returns a host NumPy float64 array (num_heads,). Raises ValueError unless num_heads is a positive int.
+    Returns a host NumPy float64 array (num_heads,). Raises TypeError / ValueError unless num_heads is an int >= 1.
     """
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"alibi_slopes: num_heads must be a positive int, got {num_heads!r}")
+    num_heads = checks.positive_int("num_heads", num_heads, "alibi_slopes")
 
     def power_of_two(n):                                               # n = 2^k: 2^(−8/n), 2^(−16/n), …
         start = 2.0 ** (-8.0 / n)

@@ -4,7 +4,7 @@ Assigning a Parameter or a Module to an attribute registers it (``self.W_q = Lin
 finds every weight of a model, ``state_dict()`` names them by their attribute path ("encoder.blocks.0.attention.W_q.
 weight"), and ``train()`` / ``eval()`` reach every submodule.
 """
-from autograd import backend
+from autograd import backend, checks
 from autograd.tensor import Tensor, as_data
 
 
@@ -75,7 +75,9 @@ class Module:
             p.grad = None
 
     def train(self, mode=True):
-        """Set training mode (dropout active) on this module and every submodule; returns self."""
+        """Set training mode (dropout active) on this module and every submodule; returns self. TypeError, changing
+        nothing, unless mode is True or False."""
+        mode = checks.boolean("mode", mode, f"{type(self).__name__}.train")
         for _, m in self.named_modules():
             object.__setattr__(m, "training", mode)
         return self
@@ -96,8 +98,11 @@ class Module:
         """Copy arrays from ``state`` into the parameters of the same names.
 
         Everything is checked before anything is written: a missing or unexpected name, or a shape or dtype that
-        differs, raises KeyError / ValueError listing every problem, and the model is left unchanged.
+        differs, raises KeyError / ValueError listing every problem, and the model is left unchanged (TypeError if
+        ``state`` is not a dict).
         """
+        checks.instance("state", state, dict, "a dict {name: array} (from state_dict())",
+                        f"{type(self).__name__}.load_state_dict")
         own = dict(self.named_parameters())
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
@@ -132,7 +137,8 @@ class ModuleList(Module):
             self.append(m)
 
     def append(self, module):
-        """Add ``module`` at the end."""
+        """Add ``module`` at the end (TypeError unless it is a Module)."""
+        checks.instance("module", module, Module, "a minattn Module", "ModuleList.append")
         setattr(self, str(len(self._modules)), module)
         return self
 

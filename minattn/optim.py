@@ -7,33 +7,44 @@ Each optimizer updates ``Parameter.data`` in place from ``Parameter.grad`` under
 ``state_dict()`` / ``load_state_dict()`` save and restore what an optimizer has learned (SGD's velocity, Adam's m, v,
 the step count, the learning rate and the hyperparameters) so that a run resumed from a checkpoint continues exactly;
 ``minattn.checkpoint`` writes them to disk with the model.
+
+Hyperparameters follow PyTorch's rules (``torch.optim.SGD`` / ``Adam`` raise for the same values): lr, momentum,
+weight_decay and eps finite and >= 0, betas in [0, 1), Nesterov only with a momentum. The constructors and
+``load_state_dict`` check them with the same function (``check_hyperparameters``), so every optimizer that can be
+built can be saved and loaded again, and no state that could not be built is ever loaded.
 """
 import math
-import numbers
 
-from autograd import backend
+from autograd import backend, checks
 from autograd.backend import xp
 from autograd.tensor import Tensor, as_data
 
 
 class Optimizer:
-    """Holds the parameter list and the learning rate; ``zero_grad()`` clears the gradients."""
+    """Holds the parameter list and the learning rate; ``zero_grad()`` clears the gradients.
+
+    Raises TypeError unless ``params`` is an iterable of Tensors (not one Tensor), ValueError for an empty list or
+    a parameter listed twice, TypeError / ValueError unless lr is a finite number >= 0.
+    """
 
     def __init__(self, params, lr):
-        if isinstance(params, Tensor):
-            raise TypeError("params must be an iterable of Tensors (e.g. model.parameters()), got a Tensor")
-        self.params = list(params)
-        if not self.params:
-            raise ValueError("optimizer got an empty parameter list")
+        where = type(self).__name__
+        expected = "an iterable of Tensors (e.g. model.parameters())"
+        if isinstance(params, Tensor) or not hasattr(params, "__iter__"):
+            checks.fail("params", expected, params, where, TypeError)
+        params = list(params)
+        if not params:
+            checks.fail("params", "a non-empty list of Tensors (a spent generator is empty)", params, where)
         seen = {}
-        for position, p in enumerate(self.params):
+        for position, p in enumerate(params):
+            if not isinstance(p, Tensor) or not p.is_leaf:
+                checks.fail(f"params[{position}]", "a leaf Tensor (a Parameter)", p, where, TypeError)
             if id(p) in seen:
-                raise ValueError(f"the parameter at position {position} appears more than once (first at "
-                                 f"{seen[id(p)]}): it would be updated twice per step")
+                checks.fail(f"params[{position}]", f"a parameter not listed before (it is params[{seen[id(p)]}], "
+                            "and would be updated twice per step)", p, where)
             seen[id(p)] = position
-        if not lr >= 0:   # also refuses NaN
-            raise ValueError(f"learning rate must be >= 0, got {lr}")
-        self.lr = lr
+        self.lr = checks.nonnegative_float("lr", lr, where)
+        self.params = params
         self.step_count = 0
 
     def zero_grad(self):
@@ -74,7 +85,8 @@ class Optimizer:
 
         Everything is checked before anything is written: KeyError for missing or unexpected keys; ValueError, listing
         every problem, for another optimizer type, another number of parameters, a buffer array whose shape or dtype
-        is not its parameter's, or a bad lr, step count or hyperparameter. On error the optimizer is left unchanged.
+        is not its parameter's, or a bad lr, step count or hyperparameters (checked as the constructor checks them).
+        On error the optimizer is left unchanged.
         """
         self._apply_state(self._checked_state(state))
 
@@ -85,65 +97,60 @@ class Optimizer:
 
     def _checked_state(self, state):
         """{attribute: value} to set from ``state``, every value checked and copied to the backend; raises if bad."""
-        if not isinstance(state, dict):
-            raise TypeError(f"load_state_dict: state must be a dict (from state_dict()), got {type(state).__name__}")
+        where = f"{type(self).__name__}.load_state_dict"
+        checks.instance("state", state, dict, "a dict (from state_dict())", where)
         if "type" in state and state["type"] != type(self).__name__:
-            raise ValueError(f"load_state_dict: the state is from {state['type']}, this optimizer is "
-                             f"{type(self).__name__}")
+            checks.fail("state", f"the state of an optimizer of this one's type, {type(self).__name__}", state, where,
+                        received=f"the state of an optimizer of type {state['type']}")
         expected = {"type", "lr", "step_count", *self.hyperparameters, *self.buffers}
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
             raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
         problems, out = [], {}
-        lr, step_count = state["lr"], state["step_count"]
-        if not _is_real(lr) or not lr >= 0:
-            problems.append(f"lr: expected a number >= 0, got {lr!r}")
-        if not isinstance(step_count, numbers.Integral) or isinstance(step_count, bool) or step_count < 0:
-            problems.append(f"step_count: expected an int >= 0, got {step_count!r}")
-        out["lr"] = float(lr) if _is_real(lr) else lr
-        out["step_count"] = int(step_count) if isinstance(step_count, numbers.Integral) else step_count
-        for name in self.hyperparameters:
-            value, problem = self._check_hyperparameter(name, state[name])
-            if problem:
-                problems.append(f"{name}: {problem}, got {state[name]!r}")
-            out[name] = value
+
+        def collect(check, *args, **kwargs):
+            """Run one check; on TypeError / ValueError note its message (every problem is listed) and return None."""
+            try:
+                return check(*args, **kwargs)
+            except (TypeError, ValueError) as err:
+                problems.append(str(err))
+                return None
+
+        out["lr"] = collect(checks.nonnegative_float, "lr", state["lr"])
+        out["step_count"] = collect(checks.nonnegative_int, "step_count", state["step_count"])
+        hyper = collect(self.check_hyperparameters, **{name: state[name] for name in self.hyperparameters}, where="")
+        out.update(hyper or {})
         for name in self.buffers:
             arrays = state[name]
+            expected = f"a list of {len(self.params)} arrays (one per parameter)"
             if not isinstance(arrays, (list, tuple)) or len(arrays) != len(self.params):
-                count = len(arrays) if isinstance(arrays, (list, tuple)) else type(arrays).__name__
-                problems.append(f"{name}: expected a list of {len(self.params)} arrays (one per parameter), "
-                                f"got {count}")
+                collect(checks.fail, name, expected, arrays)
                 continue
             out[name] = []
             for i, (p, a) in enumerate(zip(self.params, arrays)):
+                expected = f"an array of {p.shape} {p.dtype} (its parameter's)"
                 if a is None:
                     if name not in self.optional_buffers:
-                        problems.append(f"{name}[{i}]: expected an array of {p.shape} {p.dtype}, got None")
+                        collect(checks.fail, f"{name}[{i}]", expected, a)
                     out[name].append(None)
                     continue
                 try:
                     a = as_data(a)
                 except (TypeError, ValueError) as err:
-                    problems.append(f"{name}[{i}]: {err}")
+                    collect(checks.fail, f"{name}[{i}]", expected, a, received=f"{checks.describe(a)} ({err})")
                     continue
                 if a.shape != p.shape or a.dtype != p.dtype:
-                    problems.append(f"{name}[{i}]: expected {p.shape} {p.dtype} (its parameter's), got {a.shape} "
-                                    f"{a.dtype}")
+                    collect(checks.fail, f"{name}[{i}]", expected, a)
                 out[name].append(a.copy())   # never share an array with the caller's state
         if problems:
             raise ValueError(f"load_state_dict ({type(self).__name__}): " + "; ".join(problems))
         return out
 
-    def _check_hyperparameter(self, name, value):
-        """(value to set, None) or (None, what is wrong); subclasses check their own hyperparameters."""
-        if _is_real(value) and value >= 0:
-            return value, None
-        return None, "expected a number >= 0"
-
-
-def _is_real(value):
-    """A real number that is not a bool (True would pass as 1)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    @staticmethod
+    def check_hyperparameters(where=None):
+        """{name: checked value} for the hyperparameters a subclass lists (none here); TypeError / ValueError
+        naming the first bad one. The constructor and ``load_state_dict`` both call it."""
+        return {}
 
 
 class SGD(Optimizer):
@@ -152,6 +159,8 @@ class SGD(Optimizer):
         g ← grad + λ θ;   v ← μ v + g (v = g at the first step);   θ ← θ − lr · v   (Nesterov: θ ← θ − lr (g + μ v))
 
     State (``state_dict``): ``velocity`` v, one array per parameter (None until its first momentum step).
+    Raises as PyTorch's SGD does: lr, momentum or weight_decay not a finite number >= 0, nesterov not a bool, or
+    nesterov=True without a momentum > 0 (TypeError / ValueError naming the argument).
     """
 
     hyperparameters = ("momentum", "weight_decay", "nesterov")
@@ -159,9 +168,20 @@ class SGD(Optimizer):
     optional_buffers = ("velocity",)
 
     def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0, nesterov=False):
+        hyper = self.check_hyperparameters(momentum, weight_decay, nesterov)
         super().__init__(params, lr)
-        self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
+        self.momentum, self.weight_decay, self.nesterov = hyper["momentum"], hyper["weight_decay"], hyper["nesterov"]
         self.velocity = [None] * len(self.params)
+
+    @staticmethod
+    def check_hyperparameters(momentum=0.0, weight_decay=0.0, nesterov=False, where="SGD"):
+        """{"momentum", "weight_decay", "nesterov"} checked by PyTorch's rules (see the class docstring)."""
+        momentum = checks.nonnegative_float("momentum", momentum, where)
+        weight_decay = checks.nonnegative_float("weight_decay", weight_decay, where)
+        nesterov = checks.boolean("nesterov", nesterov, where)
+        if nesterov and momentum == 0:
+            checks.fail("momentum", "> 0 with nesterov=True (Nesterov momentum needs a momentum)", momentum, where)
+        return {"momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov}
 
     def step(self):
         """θ ← θ − lr · v (see the class docstring)."""
@@ -173,17 +193,12 @@ class SGD(Optimizer):
             if self.momentum:
                 v = self.velocity[i]
                 if v is None:
-                    v = self.velocity[i] = g.copy()
+                    v = self.velocity[i] = xp.array(g, copy=True)       # an array even for a 0-d parameter
                 else:
                     v *= self.momentum
                     v += g
                 g = g + self.momentum * v if self.nesterov else v
             p.data -= self.lr * g
-
-    def _check_hyperparameter(self, name, value):
-        if name == "nesterov":
-            return (value, None) if isinstance(value, bool) else (None, "expected True or False")
-        return super()._check_hyperparameter(name, value)
 
 
 class Adam(Optimizer):
@@ -193,19 +208,23 @@ class Adam(Optimizer):
 
     State (``state_dict``): ``m``, ``v`` (one array per parameter) and ``step_count`` t, which the bias corrections
     read — all three must be restored for a resumed run to take the same steps.
+    Unlike PyTorch, t is counted once per ``step()`` for the whole optimizer, not per parameter: the two agree
+    whenever every parameter has a gradient at every step, and part for a parameter that missed one (PyTorch's
+    corrections would use that parameter's own, smaller count).
     The per-parameter ``m[i]``, ``v[i]`` are views of two flat buffers, so that a step whose every parameter has a
     gradient updates all of them with a handful of array operations on the flat buffers (not a handful per
     parameter); the arithmetic is the same, element by element.
+    Raises as PyTorch's Adam does: lr, eps or weight_decay not a finite number >= 0, betas not two numbers in [0, 1)
+    (TypeError / ValueError naming the argument).
     """
 
     hyperparameters = ("betas", "eps", "weight_decay")
     buffers = ("m", "v")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"Adam betas must be two numbers in [0, 1), got {betas}")
+        hyper = self.check_hyperparameters(betas, eps, weight_decay)
         super().__init__(params, lr)
-        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        self.betas, self.eps, self.weight_decay = hyper["betas"], hyper["eps"], hyper["weight_decay"]
         dtypes = {p.dtype for p in self.params}
         self._flat_dtype = dtypes.pop() if len(dtypes) == 1 else None     # one flat buffer needs one dtype
         self.m, self._m_flat = self._buffer()
@@ -271,12 +290,23 @@ class Adam(Optimizer):
                 view[...] = a
         super()._apply_state(checked)
 
-    def _check_hyperparameter(self, name, value):
-        if name == "betas":
-            ok = (isinstance(value, (list, tuple)) and len(value) == 2
-                  and all(_is_real(b) and 0 <= b < 1 for b in value))
-            return (tuple(float(b) for b in value), None) if ok else (None, "expected two numbers in [0, 1)")
-        return super()._check_hyperparameter(name, value)
+    @staticmethod
+    def check_hyperparameters(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, where="Adam"):
+        """{"betas", "eps", "weight_decay"} checked by PyTorch's rules (see the class docstring)."""
+        betas = tuple(checks.finite_float(f"betas[{i}]", b, 0, 1, high_open=True, where=where)
+                      for i, b in enumerate(checks.pair("betas", betas, where)))
+        eps = checks.nonnegative_float("eps", eps, where)
+        weight_decay = checks.nonnegative_float("weight_decay", weight_decay, where)
+        return {"betas": betas, "eps": eps, "weight_decay": weight_decay}
+
+
+def check_optimizer(optimizer, where):
+    """``optimizer``, after checking it has the ``lr`` a schedule sets (an SGD, an Adam, or any object like them);
+    TypeError otherwise."""
+    if not hasattr(optimizer, "lr"):
+        checks.fail("optimizer", "an optimizer (SGD, Adam: an object with an lr attribute)", optimizer, where,
+                    TypeError)
+    return optimizer
 
 
 class WarmupSchedule:
@@ -284,16 +314,21 @@ class WarmupSchedule:
 
     Rises linearly for ``warmup_steps`` steps, then decays as 1/√t (Vaswani et al. 2017, eq. 3). Call ``step()``
     once per optimizer step, before ``optimizer.step()``; it sets ``optimizer.lr`` and returns it.
+    Raises TypeError / ValueError unless optimizer has an lr (SGD, Adam), embed_dim and warmup_steps are ints >= 1
+    and factor a finite number >= 0 (so every lr it sets is a finite number >= 0).
     """
 
     def __init__(self, optimizer, embed_dim, warmup_steps=4000, factor=1.0):
-        if warmup_steps <= 0:
-            raise ValueError(f"warmup_steps must be > 0, got {warmup_steps}")
-        self.optimizer, self.embed_dim, self.warmup_steps, self.factor = optimizer, embed_dim, warmup_steps, factor
+        where = "WarmupSchedule"
+        self.optimizer = check_optimizer(optimizer, where)
+        self.embed_dim = checks.positive_int("embed_dim", embed_dim, where)
+        self.warmup_steps = checks.positive_int("warmup_steps", warmup_steps, where)
+        self.factor = checks.nonnegative_float("factor", factor, where)
         self.t = 0
 
     def lr_at(self, t):
-        """The learning rate at step t >= 1."""
+        """The learning rate at step t >= 1 (an int)."""
+        t = checks.positive_int("t", t, "WarmupSchedule.lr_at")
         return self.factor * self.embed_dim ** -0.5 * min(t ** -0.5, t * self.warmup_steps ** -1.5)
 
     def step(self):
@@ -313,24 +348,29 @@ class CosineSchedule:
 
     Call ``step()`` once per optimizer step, before ``optimizer.step()``: it advances t, sets ``optimizer.lr`` and
     returns it. ``lr_at(t)`` depends on t alone, so a resumed run sets ``t`` to the steps already taken.
-    Raises ValueError unless 0 ≤ warmup_steps < decay_steps (ints) and 0 ≤ min_lr ≤ max_lr (finite).
+    Raises TypeError / ValueError unless optimizer has an lr (SGD, Adam), 0 ≤ warmup_steps < decay_steps (ints) and
+    0 ≤ min_lr ≤ max_lr (finite numbers).
     Source: Loshchilov & Hutter 2017 (SGDR, one cycle without restarts); nanoGPT train.py ``get_lr``.
     """
 
     def __init__(self, optimizer, max_lr, warmup_steps, decay_steps, min_lr=0.0):
-        steps_ok = all(isinstance(n, int) and not isinstance(n, bool) for n in (warmup_steps, decay_steps))
-        if not steps_ok or not 0 <= warmup_steps < decay_steps:
-            raise ValueError(f"CosineSchedule needs ints 0 <= warmup_steps < decay_steps, got warmup_steps="
-                             f"{warmup_steps!r}, decay_steps={decay_steps!r}")
-        if not (_is_real(max_lr) and _is_real(min_lr) and math.isfinite(max_lr) and 0 <= min_lr <= max_lr):
-            raise ValueError(f"CosineSchedule needs finite 0 <= min_lr <= max_lr, got min_lr={min_lr!r}, "
-                             f"max_lr={max_lr!r}")
-        self.optimizer, self.max_lr, self.min_lr = optimizer, float(max_lr), float(min_lr)
+        where = "CosineSchedule"
+        optimizer = check_optimizer(optimizer, where)
+        max_lr = checks.nonnegative_float("max_lr", max_lr, where)
+        min_lr = checks.nonnegative_float("min_lr", min_lr, where)
+        if min_lr > max_lr:
+            checks.fail("min_lr", f"a finite number in [0, max_lr={max_lr:g}]", min_lr, where)
+        warmup_steps = checks.nonnegative_int("warmup_steps", warmup_steps, where)
+        decay_steps = checks.integer("decay_steps", decay_steps, where=where)
+        if decay_steps <= warmup_steps:
+            checks.fail("decay_steps", f"an int > warmup_steps={warmup_steps}", decay_steps, where)
+        self.optimizer, self.max_lr, self.min_lr = optimizer, max_lr, min_lr
         self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
         self.t = 0
 
     def lr_at(self, t):
-        """The learning rate of step t >= 1."""
+        """The learning rate of step t >= 1 (an int)."""
+        t = checks.positive_int("t", t, "CosineSchedule.lr_at")
         if t <= self.warmup_steps:
             return self.max_lr * t / self.warmup_steps
         if t > self.decay_steps:
@@ -353,7 +393,18 @@ def clip_grad_norm_(parameters, max_norm):
     ``clip_grad_norm_``. Returns the norm as a 0-d backend value (a NumPy scalar; on CuPy a device array, as PyTorch
     returns a tensor): nothing waits for the device — on CuPy every gradient is multiplied, 1 included, instead of
     reading the norm back to decide (``float(norm)`` reads it, a sync).
+    ``parameters``: an iterable of Tensors, or one Tensor (as PyTorch). TypeError / ValueError unless max_norm is a
+    number >= 0 (inf: measure the norm, clip nothing, as PyTorch).
     """
+    where = "clip_grad_norm_"
+    max_norm = checks.real("max_norm", max_norm, low=0, where=where)
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    if not hasattr(parameters, "__iter__"):
+        checks.fail("parameters", "an iterable of Tensors, or a Tensor", parameters, where, TypeError)
+    parameters = list(parameters)
+    for i, p in enumerate(parameters):
+        checks.tensor(f"parameters[{i}]", p, where)
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return 0.0

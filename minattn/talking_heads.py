@@ -1,13 +1,14 @@
 """Talking-heads attention (Shazeer et al. 2020): multi-head attention whose heads talk across the softmax."""
 import math
 
+from autograd import checks
 from autograd.backend import read_only
 from autograd.tensor import Tensor
 from minattn import functional as F
 from minattn import masks
 from minattn.attention import check_qkv, transpose_output, transpose_qkv
 from minattn.fused.talking_heads import TalkingHeadsFunction
-from minattn.layers import Linear
+from minattn.layers import Linear, parameter_dtype
 from minattn.module import Module
 
 
@@ -50,26 +51,15 @@ class TalkingHeadsAttention(Module):
     def __init__(self, embed_dim, num_heads, num_heads_qk=None, num_heads_v=None, bias=False, dropout=0.0,
                  head_dim=None, proj_bias=True, kdim=None, vdim=None, share_qk=False, dtype=None):
         super().__init__()
+        self.check_arguments(embed_dim, num_heads, num_heads_qk, num_heads_v, bias, dropout, head_dim, proj_bias,
+                             kdim, vdim, share_qk, dtype)                  # before any parameter is drawn
         num_heads_qk = num_heads if num_heads_qk is None else num_heads_qk
         num_heads_v = num_heads if num_heads_v is None else num_heads_v
-        if min(num_heads, num_heads_qk, num_heads_v) < 1:
-            raise ValueError(f"head counts must be >= 1; got num_heads={num_heads}, num_heads_qk={num_heads_qk}, "
-                             f"num_heads_v={num_heads_v}")
-        if head_dim is None:
-            if embed_dim % num_heads != 0:
-                raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads} "
-                                 "(or pass head_dim)")
-            head_dim = embed_dim // num_heads
-        if not isinstance(head_dim, int) or head_dim < 1:
-            raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        head_dim = embed_dim // num_heads if head_dim is None else head_dim
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
-        self.num_heads_qk, self.num_heads_v, self.dropout = num_heads_qk, num_heads_v, dropout
+        self.num_heads_qk, self.num_heads_v, self.dropout = num_heads_qk, num_heads_v, float(dropout)
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self.W_q = Linear(embed_dim, num_heads_qk * head_dim, bias=proj_bias, dtype=dtype)
-        if share_qk and self.kdim != embed_dim:
-            raise ValueError(f"share_qk needs keys of width embed_dim={embed_dim}; got kdim={self.kdim}")
         self.W_k = None if share_qk else Linear(self.kdim, num_heads_qk * head_dim, bias=proj_bias, dtype=dtype)
         self.W_v = Linear(self.vdim, num_heads_v * head_dim, bias=proj_bias, dtype=dtype)
         self.W_o = Linear(num_heads_v * head_dim, embed_dim, bias=proj_bias, dtype=dtype)
@@ -78,15 +68,44 @@ class TalkingHeadsAttention(Module):
         self.attention_weights = None
         self.mixed_weights = None
 
+    @staticmethod
+    def check_arguments(embed_dim, num_heads, num_heads_qk=None, num_heads_v=None, bias=False, dropout=0.0,
+                        head_dim=None, proj_bias=True, kdim=None, vdim=None, share_qk=False, dtype=None):
+        """Check the constructor's arguments (the same signature) without building anything: TypeError /
+        ValueError naming the first bad one (``autograd.checks``); called before any parameter is drawn."""
+        where = "TalkingHeadsAttention"
+        embed_dim = checks.positive_int("embed_dim", embed_dim, where)
+        num_heads = checks.positive_int("num_heads", num_heads, where)
+        for name, count in (("num_heads_qk", num_heads_qk), ("num_heads_v", num_heads_v)):
+            if count is not None:
+                checks.positive_int(name, count, where)
+        if head_dim is None and embed_dim % num_heads:
+            checks.fail("num_heads", f"a divisor of embed_dim={embed_dim} (or pass head_dim)", num_heads, where)
+        if head_dim is not None:
+            checks.positive_int("head_dim", head_dim, where)
+        checks.probability("dropout", dropout, where)
+        for name, flag in (("bias", bias), ("proj_bias", proj_bias), ("share_qk", share_qk)):
+            checks.boolean(name, flag, where)
+        kdim = embed_dim if kdim is None else checks.positive_int("kdim", kdim, where)
+        if vdim is not None:
+            checks.positive_int("vdim", vdim, where)
+        if share_qk and kdim != embed_dim:
+            checks.fail("kdim", f"embed_dim={embed_dim} with share_qk (W_k is W_q)", kdim, where)
+        parameter_dtype(dtype, where)
+
     def forward(self, query, key, value, valid_lens=None, attn_mask=None, is_causal=False):
-        """query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E); masks as MultiHeadAttention."""
-        check_qkv(query, key, value, self.embed_dim, self.kdim, self.vdim)
+        """query (B, L, E), key (B, S, kdim), value (B, S, vdim) → (B, L, E); masks as MultiHeadAttention.
+
+        Everything is checked before anything changes (no dropout drawn, no weights kept)."""
+        where = "TalkingHeadsAttention"
+        check_qkv(query, key, value, self.embed_dim, self.kdim, self.vdim, where, self.W_q.weight.dtype)
+        is_causal = checks.boolean("is_causal", is_causal, where)
         batch, num_queries, num_keys = query.shape[0], query.shape[1], key.shape[1]
         if attn_mask is not None and getattr(attn_mask, "ndim", 0) == 4 and attn_mask.shape[1] != 1:
-            raise ValueError(f"talking heads mix the heads, so one mask must serve every head: attn_mask of shape "
-                             f"{tuple(attn_mask.shape)} has {attn_mask.shape[1]} heads; pass (L, S) or (B, 1, L, S)")
+            checks.fail("attn_mask", "(L, S) or (B, 1, L, S): talking heads mix the heads, so one mask must serve "
+                        "every head", attn_mask, where)
         mask, attn_bias = masks.attention_masks(batch, 1, num_queries, num_keys, query.dtype,
-                                                valid_lens, attn_mask, is_causal)      # -> (B, 1, L, S)
+                                                valid_lens, attn_mask, is_causal, where=where)   # -> (B, 1, L, S)
         q = transpose_qkv(self.W_q(query), self.num_heads_qk)              # (B, h_k, L, d)
         W_k = self.W_q if self.W_k is None else self.W_k                    # tied Q/K: the same projection
         k = transpose_qkv(W_k(key), self.num_heads_qk)                     # (B, h_k, S, d)

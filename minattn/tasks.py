@@ -7,6 +7,7 @@ says where the real tokens end, and the loss ignores PAD labels.
 """
 from dataclasses import dataclass
 
+from autograd import checks
 from autograd.backend import host as np
 
 PAD, BOS, EOS = 0, 1, 2
@@ -33,14 +34,19 @@ def make_batch(rng, batch_size, vocab_size, min_len, max_len, task="copy"):
     Args:
         rng: a NumPy Generator (``autograd.backend.new_host_rng(seed)``): the data are drawn on the host.
         task: 'copy' (y = x) or 'reverse' (y = x reversed).
-    Raises ValueError for an unknown task, vocab_size <= 3, or lengths outside 1 <= min_len <= max_len.
+    Raises ValueError for an unknown task, vocab_size <= 3, or lengths outside 1 <= min_len <= max_len; TypeError
+    for a non-int size or an rng that is not a NumPy Generator — all before anything is drawn.
     """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if vocab_size <= NUM_SPECIAL:
-        raise ValueError(f"vocab_size must exceed the {NUM_SPECIAL} special tokens, got {vocab_size}")
-    if not 1 <= min_len <= max_len:
-        raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+    where = "make_batch"
+    checks.instance("rng", rng, np.random.Generator, "a NumPy Generator (autograd.backend.new_host_rng(seed))",
+                    where)
+    batch_size = checks.positive_int("batch_size", batch_size, where)
+    vocab_size = checks.integer("vocab_size", vocab_size, low=NUM_SPECIAL + 1, where=where)
+    min_len = checks.positive_int("min_len", min_len, where)
+    max_len = checks.integer("max_len", max_len, where=where)
+    if max_len < min_len:
+        checks.fail("max_len", f"an int >= min_len={min_len}", max_len, where)
+    task = checks.one_of("task", task, TASKS, where)
     lens = rng.integers(min_len, max_len + 1, size=batch_size)                        # (B,)
     symbols = rng.integers(NUM_SPECIAL, vocab_size, size=(batch_size, max_len))       # (B, max_len)
     positions = np.arange(max_len)[None, :]                             # (1, max_len)

@@ -9,14 +9,14 @@ Each sublayer is wrapped as LayerNorm(x + Dropout(sublayer(x))) — post-norm, a
 ``norm_first=True``, x + Dropout(sublayer(LayerNorm(x))) (pre-norm, as GPT-2 and PyTorch's option).
 Source: Vaswani et al. 2017, §3; d2l §11.7.
 """
-from autograd import backend
+from autograd import backend, checks
 from autograd.backend import xp
 from autograd.tensor import Tensor, no_grad
 from minattn.attention import MultiHeadAttention
 from minattn.cache import KVCache
 from minattn.talking_heads import TalkingHeadsAttention
-from minattn.layers import Dropout, Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN
-from minattn import functional as F
+from minattn.layers import (Dropout, Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN, check_ffn,
+                            parameter_dtype)
 from minattn.module import Module, ModuleList
 
 
@@ -27,13 +27,32 @@ def make_attention(attention, embed_dim, num_heads, dropout=0.0, dtype=None, **o
     """An attention layer by name: 'mha' → MultiHeadAttention, 'talking-heads' → TalkingHeadsAttention.
 
     ``options`` go to the layer (e.g. qk_norm=True for 'mha'; num_heads_qk, num_heads_v, bias for 'talking-heads').
-    Raises ValueError for another name.
+    Raises ValueError for another name, and as the layer does for a bad option (before any parameter is drawn).
     """
+    check_attention(attention, embed_dim, num_heads, dropout, dtype, options)
     if attention == "mha":
         return MultiHeadAttention(embed_dim, num_heads, dropout, dtype=dtype, **options)
-    if attention == "talking-heads":
-        return TalkingHeadsAttention(embed_dim, num_heads, dropout=dropout, dtype=dtype, **options)
-    raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    return TalkingHeadsAttention(embed_dim, num_heads, dropout=dropout, dtype=dtype, **options)
+
+
+def check_attention(attention, embed_dim, num_heads, dropout=0.0, dtype=None, options=None, where="make_attention"):
+    """Check what ``make_attention`` would be given, building nothing: ``attention`` one of ATTENTIONS, ``options``
+    a dict (or None) the layer accepts, every value as the layer's ``check_arguments`` wants it. TypeError for an
+    unknown option (Python's own, naming it) or a bad type; ValueError for a bad value."""
+    attention = checks.one_of("attention", attention, ATTENTIONS, where)
+    options = {} if options is None else checks.instance("attention_options", options, dict, "a dict or None", where)
+    if attention == "mha":
+        MultiHeadAttention.check_arguments(embed_dim, num_heads, dropout, dtype=dtype, **options)
+    else:
+        TalkingHeadsAttention.check_arguments(embed_dim, num_heads, dropout=dropout, dtype=dtype, **options)
+
+
+def check_block(embed_dim, num_heads, ffn_hidden, dropout, norm_first, dtype, attention, attention_options, where):
+    """Check an encoder or decoder block's arguments before its first layer draws a parameter (TypeError /
+    ValueError naming the argument)."""
+    check_attention(attention, embed_dim, num_heads, dropout, dtype, attention_options, where)
+    check_ffn(embed_dim, ffn_hidden, dropout, dtype, where)
+    checks.boolean("norm_first", norm_first, where)
 
 
 class Residual(Module):
@@ -41,9 +60,10 @@ class Residual(Module):
 
     def __init__(self, embed_dim, dropout, norm_first, dtype=None):
         super().__init__()
+        checks.probability("dropout", dropout, "Residual")
+        self.norm_first = checks.boolean("norm_first", norm_first, "Residual")
         self.norm = LayerNorm(embed_dim, dtype=dtype)
         self.dropout = Dropout(dropout)
-        self.norm_first = norm_first
 
     def forward(self, x, sublayer):
         """x (B, L, d), sublayer: a callable (B, L, d) → (B, L, d)."""
@@ -58,6 +78,8 @@ class EncoderBlock(Module):
     def __init__(self, embed_dim, num_heads, ffn_hidden, dropout=0.0, norm_first=False, dtype=None,
                  attention="mha", attention_options=None):
         super().__init__()
+        check_block(embed_dim, num_heads, ffn_hidden, dropout, norm_first, dtype, attention, attention_options,
+                    "EncoderBlock")
         self.attention = make_attention(attention, embed_dim, num_heads, dropout, dtype, **(attention_options or {}))
         self.residual1 = Residual(embed_dim, dropout, norm_first, dtype)
         self.ffn = PositionWiseFFN(embed_dim, ffn_hidden, dropout, dtype)
@@ -75,6 +97,8 @@ class DecoderBlock(Module):
     def __init__(self, embed_dim, num_heads, ffn_hidden, dropout=0.0, norm_first=False, dtype=None,
                  attention="mha", attention_options=None):
         super().__init__()
+        check_block(embed_dim, num_heads, ffn_hidden, dropout, norm_first, dtype, attention, attention_options,
+                    "DecoderBlock")
         options = attention_options or {}
         self.self_attention = make_attention(attention, embed_dim, num_heads, dropout, dtype, **options)
         self.residual1 = Residual(embed_dim, dropout, norm_first, dtype)
@@ -84,8 +108,18 @@ class DecoderBlock(Module):
         self.residual3 = Residual(embed_dim, dropout, norm_first, dtype)
 
     def forward(self, x, memory, memory_valid_lens=None, caches=None):
-        """x (B, T, d), memory (B, S, d), memory_valid_lens (B,) → (B, T, d). ``caches``: (self-attention KVCache,
-        static cross-attention KVCache) for incremental decoding, or None."""
+        """x (B, T, d), memory (B, S, d), memory_valid_lens (B,) or (B, T) → (B, T, d). ``caches``: (self-attention
+        KVCache, static cross-attention KVCache) for incremental decoding, or None. memory and memory_valid_lens are
+        checked before the self-attention runs (and could draw dropout)."""
+        where = "DecoderBlock"
+        checks.tensor("x", x, where, floating=True)
+        checks.tensor("memory", memory, where, floating=True)
+        if x.ndim != 3:
+            checks.fail("x", "(batch, T, d)", x, where)
+        if memory.ndim != 3 or memory.shape[0] != x.shape[0]:
+            checks.fail("memory", f"({x.shape[0]}, S, d): x's batch", memory, where)
+        if memory_valid_lens is not None:
+            checks.lengths("memory_valid_lens", memory_valid_lens, x.shape[0], memory.shape[1], x.shape[1], where)
         own, cross = ({"cache": caches[0]}, {"cache": caches[1]}) if caches is not None else ({}, {})
         x = self.residual1(x, lambda h: self.self_attention(h, h, h, is_causal=True, **own))      # (B, T, d)
         x = self.residual2(x, lambda h: self.cross_attention(h, memory, memory, valid_lens=memory_valid_lens,
@@ -109,16 +143,22 @@ class Transformer(Module):
     Shapes: src (B, S), tgt_in (B, T) integer ids, src_valid_lens (B,) → logits (B, T, tgt_vocab_size).
     Token embeddings are not multiplied by √d (as in GPT-2 and minGPT; the paper does), so that the unit-variance
     embedding and the unit-amplitude positional table start on an equal footing.
+    Every argument is checked (``autograd.checks``; the attention options as the layer checks them) before any
+    parameter is drawn from the seeded stream; every call's ids, lengths and shapes before any dropout is drawn or
+    attention weights are replaced.
     """
 
     def __init__(self, src_vocab_size, tgt_vocab_size, embed_dim=64, num_heads=4, ffn_hidden=128,
                  num_encoder_layers=2, num_decoder_layers=2, dropout=0.0, max_len=256, norm_first=False, dtype=None,
                  attention="mha", attention_options=None):
         super().__init__()
-        if attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-        if num_heads <= 0 or embed_dim % num_heads != 0:   # before any parameter is drawn from the seeded stream
-            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+        where = "Transformer"
+        for name, value in (("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size),
+                            ("num_encoder_layers", num_encoder_layers), ("num_decoder_layers", num_decoder_layers),
+                            ("max_len", max_len)):
+            checks.positive_int(name, value, where)
+        check_block(embed_dim, num_heads, ffn_hidden, dropout, norm_first, dtype, attention, attention_options, where)
+        parameter_dtype(dtype, where)
         self.embed_dim = embed_dim
         self.src_embedding = Embedding(src_vocab_size, embed_dim, dtype=dtype)
         self.tgt_embedding = Embedding(tgt_vocab_size, embed_dim, dtype=dtype)
@@ -131,8 +171,26 @@ class Transformer(Module):
         self.final_norm = LayerNorm(embed_dim, dtype=dtype) if norm_first else None
         self.output = Linear(embed_dim, tgt_vocab_size, dtype=dtype)
 
+    def _checked_src(self, where, src, src_valid_lens):
+        """src as a (B, S) id array and src_valid_lens as (B,) lengths in [0, S] (or None), checked."""
+        src = checks.int_ids("src", src, self.src_embedding.num_embeddings, where)
+        if src.ndim != 2 or src.shape[1] > self.positions.max_len:
+            checks.fail("src", f"(batch, S <= {self.positions.max_len}) token ids", src, where)
+        if src_valid_lens is not None:
+            src_valid_lens = checks.lengths("src_valid_lens", src_valid_lens, src.shape[0], src.shape[1], where=where)
+        return src, src_valid_lens
+
+    def _checked_tgt(self, where, tgt_in, batch, offset=0):
+        """tgt_in as a (batch, T) id array with offset + T within the positional table, checked."""
+        tgt_in = checks.int_ids("tgt_in", tgt_in, self.tgt_embedding.num_embeddings, where)
+        if tgt_in.ndim != 2 or tgt_in.shape[0] != batch or offset + tgt_in.shape[1] > self.positions.max_len:
+            checks.fail("tgt_in", f"({batch}, T <= {self.positions.max_len - offset}) token ids"
+                        + (f" at offset {offset}" if offset else ""), tgt_in, where)
+        return tgt_in
+
     def encode(self, src, src_valid_lens=None):
-        """src (B, S) ids → memory (B, S, d)."""
+        """src (B, S) ids, src_valid_lens (B,) or None → memory (B, S, d). Checked before any dropout is drawn."""
+        src, src_valid_lens = self._checked_src("Transformer.encode", src, src_valid_lens)
         x = self.positions(self.src_embedding(src))                   # (B, S, d)
         for block in self.encoder_blocks:
             x = block(x, src_valid_lens)                              # (B, S, d)
@@ -141,8 +199,21 @@ class Transformer(Module):
     def decode(self, tgt_in, memory, src_valid_lens=None, caches=None):
         """tgt_in (B, T) ids, memory (B, S, d) → logits (B, T, V). ``caches``: one (self, cross) pair of KVCaches per
         decoder block for incremental decoding: tgt_in then holds only the new tokens, at positions from
-        ``caches[0][0].position`` on."""
+        ``caches[0][0].position`` on. Everything is checked before any dropout is drawn."""
+        where = "Transformer.decode"
+        checks.tensor("memory", memory, where, floating=True)
+        if memory.ndim != 3 or memory.shape[-1] != self.embed_dim:
+            checks.fail("memory", f"(batch, S, {self.embed_dim})", memory, where)
+        if caches is not None:
+            expected = f"a list of {len(self.decoder_blocks)} (self, cross) KVCache pairs, one per decoder block"
+            checks.instance("caches", caches, (list, tuple), expected, where)
+            if len(caches) != len(self.decoder_blocks):
+                checks.fail("caches", expected, caches, where)
         offset = 0 if caches is None else caches[0][0].position
+        tgt_in = self._checked_tgt(where, tgt_in, memory.shape[0], offset)
+        if src_valid_lens is not None:
+            src_valid_lens = checks.lengths("src_valid_lens", src_valid_lens, memory.shape[0], memory.shape[1],
+                                            where=where)
         y = self.positions(self.tgt_embedding(tgt_in), offset)        # (B, T, d)
         for i, block in enumerate(self.decoder_blocks):
             y = block(y, memory, src_valid_lens, None if caches is None else caches[i])   # (B, T, d)
@@ -153,10 +224,11 @@ class Transformer(Module):
     def forward(self, src, tgt_in, src_valid_lens=None):
         """Teacher forcing: logits (B, T, V) for every position of ``tgt_in`` at once.
 
-        The target ids are checked before the encoder runs, so a bad one fails with no dropout drawn and no
-        attention weights replaced (the source ids are checked by the encoder's embedding, its first step).
+        src (B, S) and tgt_in (B, T) ids, src_valid_lens (B,) lengths: all checked before the encoder runs, so a bad
+        one fails with no dropout drawn and no attention weights replaced.
         """
-        F.check_ids(tgt_in, self.tgt_embedding.num_embeddings, "tgt_in")
+        src, src_valid_lens = self._checked_src("Transformer", src, src_valid_lens)
+        tgt_in = self._checked_tgt("Transformer", tgt_in, src.shape[0])
         return self.decode(tgt_in, self.encode(src, src_valid_lens), src_valid_lens)
 
     def greedy_decode(self, src, src_valid_lens, bos_id, eos_id, max_len, pad_id=0, use_cache=True):
@@ -167,15 +239,16 @@ class Transformer(Module):
         its self-attention reading the earlier tokens' keys and values from a KVCache and its cross-attention the
         memory's, computed once (minattn/cache.py): O(T) per token. False (and with talking heads): the decoder is
         re-run on the whole prefix at each step, O(T²) — the same tokens.
-        Runs in eval mode and restores the previous mode. Raises ValueError if max_len exceeds the positional
-        table or the token ids are out of the vocabulary.
+        Runs in eval mode and restores the previous mode. Raises TypeError / ValueError, before anything runs, if
+        max_len is not an int within the positional table, bos_id / eos_id / pad_id are not ints in the target
+        vocabulary, or src / src_valid_lens are malformed (src_valid_lens: (B,) lengths, as ``forward``).
         """
-        if not 1 <= max_len <= self.positions.max_len:
-            raise ValueError(f"max_len must be in [1, {self.positions.max_len}] (the positional table); got {max_len}")
-        for name, token in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
-            if not 0 <= token < self.tgt_embedding.num_embeddings:
-                raise ValueError(f"{name}={token} is outside the target vocabulary [0, "
-                                 f"{self.tgt_embedding.num_embeddings})")
+        where = "Transformer.greedy_decode"
+        src, src_valid_lens = self._checked_src(where, src, src_valid_lens)
+        max_len = checks.integer("max_len", max_len, 1, self.positions.max_len, where)
+        bos_id, eos_id, pad_id = (checks.integer(name, token, 0, self.tgt_embedding.num_embeddings - 1, where)
+                                  for name, token in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)))
+        use_cache = checks.boolean("use_cache", use_cache, where)
         was_training = self.training
         self.eval()
         try:

@@ -344,8 +344,9 @@ def test_layer_dropout_only_in_training(rng):
 
 
 def test_layer_errors(rng):
-    for bad in (dict(query_size=0), dict(key_size=-1), dict(num_hiddens=2.5), dict(dropout=1.0)):
-        with pytest.raises(ValueError):
+    for bad, error in ((dict(query_size=0), ValueError), (dict(key_size=-1), ValueError),
+                       (dict(num_hiddens=2.5), TypeError), (dict(dropout=1.0), ValueError)):
+        with pytest.raises(error, match=f"AdditiveAttention: {next(iter(bad))} must be"):
             AdditiveAttention(**{**dict(query_size=4, key_size=3, num_hiddens=5), **bad})
     layer = AdditiveAttention(4, 3, 5, dtype="float64")
     q, k, v = (t64(rng.standard_normal(shape)) for shape in ((2, 3, 4), (2, 5, 3), (2, 5, 2)))

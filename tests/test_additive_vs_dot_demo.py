@@ -12,7 +12,7 @@ def test_tiny_run_prints_its_tables_and_writes_its_files(tmp_path, capsys):
     printed = capsys.readouterr().out
     for words in ("(a)", "(b)", "(c)", "fastest call, ms", "mean largest weight", "median ‖dA‖", "mean ‖dQ‖"):
         assert words in printed, words
-    assert "must share the last axis" in printed                     # the dot product refuses 20 vs 2 features
+    assert "the last axis E of query" in printed                     # the dot product refuses 20 vs 2 features
     assert [row["L"] for row in results["cost"]] == [4, 8]
     assert all(row["additive_ms"] > 0 and row["dot_ms"] > 0 for row in results["cost"])
     assert [row["d"] for row in results["scale"]] == [4, 16]

@@ -70,7 +70,7 @@ def test_multi_head_attention_with_alibi_equals_the_layer_by_hand(rng, attn_impl
 
 
 def test_alibi_errors():
-    """alibi_slopes refuses a head count that is not a positive int."""
-    for bad in (0, -2, 2.0, True):
-        with pytest.raises(ValueError, match=r"num_heads must be a positive int"):
+    """alibi_slopes refuses a head count that is not a positive int (TypeError for a float or a bool)."""
+    for bad, error in ((0, ValueError), (-2, ValueError), (2.0, TypeError), (True, TypeError)):
+        with pytest.raises(error, match=r"alibi_slopes: num_heads must be an int >= 1"):
             F.alibi_slopes(bad)

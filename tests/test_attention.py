@@ -266,5 +266,5 @@ def test_mha_equals_pytorch(rng, masking, cross):
 def test_a_3d_attn_mask_is_refused_as_ambiguous():
     layer = MultiHeadAttention(8, 2, dtype="float64")
     x = t64(np.ones((2, 3, 8)))
-    with pytest.raises(ValueError, match="3-D attn_mask"):
+    with pytest.raises(ValueError, match="a 3-D mask is ambiguous"):
         layer(x, x, x, attn_mask=np.ones((2, 3, 3), dtype=bool))

@@ -32,7 +32,7 @@ def test_make_batch_rejects_bad_configuration():
         tasks.make_batch(rng, 2, 10, 1, 5, "sort")
     with pytest.raises(ValueError, match="vocab_size"):
         tasks.make_batch(rng, 2, 3, 1, 5)
-    with pytest.raises(ValueError, match="min_len"):
+    with pytest.raises(ValueError, match=r"max_len must be an int >= min_len=4, got 2"):
         tasks.make_batch(rng, 2, 10, 4, 2)
 
 

@@ -91,8 +91,8 @@ def test_sample_follows_the_softmax():
 @pytest.mark.parametrize("call, message", [
     (lambda m, i: m.generate(i, -1), r"max_new_tokens must be an int >= 0, got -1"),
     (lambda m, i: m.generate(i, 2, temperature=-1.0), r"temperature must be a finite number >= 0, got -1.0"),
-    (lambda m, i: m.generate(i, 2, top_k=0), r"top_k must be a positive int or None, got 0"),
-    (lambda m, i: m.generate(i, 2, top_p=1.5), r"top_p must be in \(0, 1\] or None, got 1.5"),
+    (lambda m, i: m.generate(i, 2, top_k=0), r"top_k must be an int >= 1, got 0"),
+    (lambda m, i: m.generate(i, 2, top_p=1.5), r"top_p must be a finite number in \(0, 1\], got 1.5"),
     (lambda m, i: m.generate(i[0], 2), r"idx must be \(batch, T >= 1\) token ids"),
     (lambda m, i: GPT(11, 16, positions="absolute"), r"positions must be one of 'learned', 'sinusoidal', 'rope'"),
 ])
@@ -146,7 +146,7 @@ def test_gpt2_init_draws_the_papers_standard_deviations():
 def test_unknown_init_is_refused_before_any_draw():
     """A bad ``init`` names the valid ones, and the parameter stream is left where it was."""
     manual_seed(5)
-    with pytest.raises(ValueError, match="init must be one of 'pytorch', 'gpt2'; got 'xavier'"):
+    with pytest.raises(ValueError, match="init must be one of 'pytorch', 'gpt2', got 'xavier'"):
         GPT(11, 8, embed_dim=16, num_heads=2, num_layers=1, init="xavier")
     first = host(GPT(11, 8, embed_dim=16, num_heads=2, num_layers=1).token_embedding.weight)
     manual_seed(5)

@@ -137,16 +137,18 @@ def test_gqa_flash_path_equals_dense_path(rng):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(num_kv_heads=3), r"num_kv_heads=3 must be a positive int dividing num_heads=4"),
-    (dict(num_kv_heads=0), r"num_kv_heads=0 must be a positive int"),
-    (dict(num_kv_heads=2.0), r"num_kv_heads=2.0 must be a positive int"),
-    (dict(num_kv_heads=2, share_qk=True), r"share_qk ties W_k to W_q, so keys need num_heads=4 heads"),
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(num_kv_heads=3), ValueError, r"num_kv_heads must be a divisor of num_heads=4, got 3"),
+    (dict(num_kv_heads=0), ValueError, r"num_kv_heads must be an int >= 1, got 0"),
+    (dict(num_kv_heads=2.0), TypeError, r"num_kv_heads must be an int >= 1, got 2.0"),
+    (dict(num_kv_heads=2, share_qk=True), ValueError, r"num_kv_heads must be num_heads=4 with share_qk \(W_k is "
+                                                      r"W_q\), got 2"),
 ])
-def test_bad_num_kv_heads_raise_before_any_parameter_is_drawn(kwargs, message):
-    """ValueError naming the numbers; the parameter stream is untouched (the next layer draws the same weights)."""
+def test_bad_num_kv_heads_raise_before_any_parameter_is_drawn(kwargs, error, message):
+    """ValueError naming the numbers (TypeError for a float); the parameter stream is untouched (the next layer
+    draws the same weights)."""
     manual_seed(5)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         MultiHeadAttention(8, 4, **kwargs)
     after_error = host(MultiHeadAttention(8, 4).W_q.weight)
     manual_seed(5)
@@ -158,13 +160,13 @@ def test_enable_gqa_errors(rng):
     that differ without enable_gqa do not broadcast (as in PyTorch)."""
     q = Tensor(rng.standard_normal((2, 6, 5, 4)))
     k, v = Tensor(rng.standard_normal((2, 4, 7, 4))), Tensor(rng.standard_normal((2, 4, 7, 3)))
-    with pytest.raises(ValueError, match=r"enable_gqa: key and value need the same number of heads, dividing"):
+    with pytest.raises(ValueError, match=r"key, value must be one number of heads dividing query's 6 \(enable_gqa\)"):
         F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-    with pytest.raises(ValueError, match=r"enable_gqa: key and value need the same number of heads"):
+    with pytest.raises(ValueError, match=r"key, value must be one number of heads dividing query's 6"):
         F.scaled_dot_product_attention(q, Tensor(rng.standard_normal((2, 2, 7, 4))), v, enable_gqa=True)
-    with pytest.raises(ValueError, match=r"do not broadcast"):
+    with pytest.raises(ValueError, match=r"query, key, value must be batch axes that broadcast together"):
         F.scaled_dot_product_attention(q, Tensor(rng.standard_normal((2, 2, 7, 4))),
                                        Tensor(rng.standard_normal((2, 2, 7, 3))))
-    with pytest.raises(ValueError, match=r"at least 3 axes"):
+    with pytest.raises(ValueError, match=r"query must be \(\.\.\., heads, length, features\)"):
         F.scaled_dot_product_attention(Tensor(rng.standard_normal((5, 4))), Tensor(rng.standard_normal((7, 4))),
                                        Tensor(rng.standard_normal((7, 3))), enable_gqa=True)

@@ -751,9 +751,10 @@ def test_concurrent_fused_calls_from_two_threads_are_right(chunk_log, rng):
 # ---------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [True, False, 0, -1, 2.0, "2", [2]])
 def test_set_num_threads_refuses_anything_but_a_positive_int_or_none(bad):
-    """ValueError, and the thread count is left as it was."""
+    """ValueError for an int below 1, TypeError for anything else but None; the thread count is left as it was."""
     before = parallel.get_num_threads()
-    with pytest.raises(ValueError, match="positive int"):
+    error = ValueError if bad in (0, -1) and not isinstance(bad, bool) else TypeError
+    with pytest.raises(error, match=r"set_num_threads: n must be an int >= 1"):
         parallel.set_num_threads(bad)
     assert parallel.get_num_threads() == before
 

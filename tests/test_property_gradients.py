@@ -199,7 +199,8 @@ def test_reductions(name, case):
         x = normal(rng, shape)
     op = {"sum": autograd.sum, "mean": autograd.mean, "max": autograd.max}[name]
     np_op = {"sum": np.sum, "mean": np.mean, "max": np.max}[name]
-    check_primitive(lambda t: op(t, axis, keepdims), [x], np_op(x, axis=axis, keepdims=keepdims))
+    every = None if axis == () else axis                               # axis=(): every axis, as PyTorch's dim=()
+    check_primitive(lambda t: op(t, axis, keepdims), [x], np_op(x, axis=every, keepdims=keepdims))
 
 
 # --- primitives: shape -----------------------------------------------------------------------------------------------

@@ -103,14 +103,15 @@ def test_multi_head_attention_with_rope_equals_the_layer_by_hand(rng):
     assert layer32(x32, x32, x32).dtype == np.float32
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda x: F.rotary_embedding(x[..., :5]), r"d even; got shape \(2, 4, 5\)"),
-    (lambda x: F.rotary_embedding(x, offset=-1), r"offset must be an int >= 0, got -1"),
-    (lambda x: F.rotary_embedding(x, offset=1.5), r"offset must be an int >= 0, got 1.5"),
-    (lambda x: F.rotary_embedding(x, base=0.0), r"base must be a positive finite number, got 0.0"),
-    (lambda x: MultiHeadAttention(6, 2, rope=True), r"head dimension embed_dim / num_heads = 3 must be even"),
+@pytest.mark.parametrize("call, error, message", [
+    (lambda x: F.rotary_embedding(x[..., :5]), ValueError, r"d even, got Tensor of shape \(2, 4, 5\)"),
+    (lambda x: F.rotary_embedding(x, offset=-1), ValueError, r"offset must be an int >= 0, got -1"),
+    (lambda x: F.rotary_embedding(x, offset=1.5), TypeError, r"offset must be an int >= 0, got 1.5"),
+    (lambda x: F.rotary_embedding(x, base=0.0), ValueError, r"base must be a finite number > 0, got 0.0"),
+    (lambda x: MultiHeadAttention(6, 2, rope=True), ValueError, r"head dimension embed_dim / num_heads is even for "
+                                                                r"rope .* = 3\), got 2"),
 ])
-def test_errors(rng, call, message):
-    """ValueError naming the argument and the value received."""
-    with pytest.raises(ValueError, match=message):
+def test_errors(rng, call, error, message):
+    """ValueError naming the argument and the value received (TypeError for a float where an int is meant)."""
+    with pytest.raises(error, match=message):
         call(Tensor(backend.asarray(rng.standard_normal((2, 4, 6)))))

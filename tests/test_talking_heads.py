@@ -483,7 +483,7 @@ def test_layer_errors(rng):
         layer(x, kv, kv, attn_mask=dev(np.ones((2, 3, 3, 5), dtype=bool)))
     with pytest.raises(ValueError):
         layer(x, kv, kv, attn_mask=dev(np.zeros((1, 3, 3, 5))))
-    with pytest.raises(ValueError, match="3-D attn_mask"):
+    with pytest.raises(ValueError, match="a 3-D mask is ambiguous"):
         layer(x, kv, kv, attn_mask=dev(np.ones((2, 3, 5), dtype=bool)))
     with pytest.raises(ValueError):
         layer(x, kv, kv, attn_mask=dev(np.ones((3, 5), dtype=bool)), is_causal=True)

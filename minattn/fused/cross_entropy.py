@@ -17,7 +17,8 @@ def cross_entropy_forward(logits, target, ignore_index, label_smoothing):
     counted = target != ignore_index                                   # (N,)    rows not ignored
     t = xp.where(counted, target, 0)                                   # (N,)    any class id for ignored rows
     nll = -xp.take_along_axis(log_p, t[:, None], axis=-1)[:, 0]        # (N,)    −log p_t
-    losses = (1 - eps) * nll - eps * log_p.mean(axis=-1)               # (N,)    ℓ = −Σ_c q_c log p_c
+    losses = nll if eps == 0 else (1 - eps) * nll - eps * log_p.mean(axis=-1)   # (N,)  ℓ = −Σ_c q_c log p_c
+    #                                   (ε = 0: no 0 · log p term, which is NaN where some p_c = 0)
     return xp.where(counted, losses, 0), log_p                         # (N,)    0 for ignored rows
 
 

@@ -11,7 +11,7 @@ the (positions × vocabulary) one-hot matrix: the same sums, without a matrix th
 def embedding_backward(ids, grad_y, num_embeddings):
     """dW of y = W[ids] on whole arrays: row v of dW sums the gradients of the positions that looked up token v."""
     rows_ids = ids.reshape(-1)                                       # (N,)      every position is a row
-    rows_g = grad_y.reshape(rows_ids.shape[0], -1)                   # (N, D)
+    rows_g = grad_y.reshape(rows_ids.shape[0], grad_y.shape[-1])     # (N, D)  (N may be 0: no -1 to infer)
     if rows_ids.shape[0] * num_embeddings > ONE_HOT_LIMIT:           # a big vocabulary: add the rows one by one
         dw = xp.zeros((num_embeddings, rows_g.shape[1]), dtype=rows_g.dtype)
         return backend.scatter_add(dw, rows_ids, rows_g)             # (V, D)

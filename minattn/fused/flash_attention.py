@@ -5,9 +5,7 @@ This is the algorithm, not the speed: on a GPU FlashAttention is fast because ea
 CUDA kernel. Here every tile is a handful of NumPy / CuPy calls, so what you can see (and measure) is the memory: the
 largest array is one (B_q, B_k) tile per batch element and head, not the (L, S) matrix.
 """
-import numbers
-
-from autograd import ops, parallel
+from autograd import checks, ops, parallel
 from autograd.backend import rowdot, rowmax, rowsum, xp
 from autograd.function import Function
 from autograd.ops import sum_to
@@ -161,12 +159,11 @@ def flash_backward(q, k, v, out, lse, mask, bias, grad_o, scale, causal, block_s
 
 
 def _check_options(block_size, dropout_p):
-    """ValueError unless block_size is a positive integer and dropout_p is 0 (see the Function's docstring)."""
-    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    """TypeError / ValueError unless block_size is a positive int and dropout_p is 0 (see the Function's docstring)."""
+    checks.positive_int("block_size", block_size, "FlashAttentionFunction")
     if dropout_p != 0:
-        raise ValueError(f"flash attention does not support dropout (got dropout_p={dropout_p}); "
-                         "use the dense attention path for attention dropout")
+        checks.fail("dropout_p", "0 (flash attention has no dropout; use the dense attention path for it)", dropout_p,
+                    "FlashAttentionFunction")
 
 
 def _to_scores_shape(array, num_queries, num_keys):

@@ -27,7 +27,7 @@ def softmax_(a, mask=None, bias=None):
     if mask is not None:
         xp.copyto(a, -xp.inf, where=~mask)                            # (..., L, S)  masked → −∞
     m = rowmax(a)                                                     # (..., L, 1)  m_i = max_k A_ik
-    a -= xp.where(xp.isfinite(m), m, 0)                               # (..., L, S)  fully masked row: shift by 0
+    a -= xp.where(m == -xp.inf, 0, m)                                 # (..., L, S)  fully masked row: shift by 0
     xp.exp(a, out=a)                                                  # (..., L, S)  exp(A_ik − m_i), 0 where masked
     z = rowsum(a)                                                     # (..., L, 1)  Σ_k exp(A_ik − m_i)
     a /= xp.where(z == 0, 1, z)                                       # (..., L, S)  P (a fully masked row: / 1)
@@ -102,6 +102,6 @@ def softmax_reference(a, mask=None, bias=None, axis=-1):
     if mask is not None:
         a = ops.masked_fill(a, ~mask, -xp.inf)
     m = a.data.max(axis=axis, keepdims=True)
-    e = ops.exp(a - xp.where(xp.isfinite(m), m, 0))
+    e = ops.exp(a - xp.where(m == -xp.inf, 0, m))
     z = e.sum(axis=axis, keepdims=True)
     return e / ops.where(z.data == 0, xp.ones((), dtype=z.dtype), z)
