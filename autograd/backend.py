@@ -13,7 +13,9 @@ Errors:
 
 CuPy facts this module hides (CuPy docs, "Differences between CuPy and NumPy"): ``np.asarray(cupy_array)`` raises, so
 use ``to_numpy``; ``a[idx] += v`` with repeated ``idx`` is undefined on both libraries, so use ``scatter_add``; random
-streams differ, so parameters are initialised from one host generator (``host_rng``) and come out the same on both.
+streams differ, so parameters are initialised from one host generator (``host_rng``), to come out the same on both.
+Status: the CuPy path is written against CuPy's documented API and the suite re-runs under it when a GPU is present,
+but it has not yet been run on GPU hardware (README, "Backends").
 """
 import contextlib
 import os
