@@ -39,9 +39,10 @@ cores, two threads of ``exp`` ran no faster than one right after a 2-thread matm
 during our runs avoids that.)
 CuPy: one piece, always — the GPU is parallel already.
 
-Floating-point warnings: none inside a fused op (``backend.quiet_floats``). A NaN or inf in the data gives NaN or inf
-in the result, silently, as PyTorch's kernels do; the tests check values, not warnings, for the NaN-free guarantees
-(a masked row, large logits).
+Floating-point warnings: none inside a fused op. The engine runs every Function's forward and backward under
+``backend.quiet_floats`` (function.py, tensor.py), and NumPy's error state is per thread, so each chunk on a worker
+thread is quieted here too. A NaN or inf in the data gives NaN or inf in the result, silently, as PyTorch's kernels
+do; the tests check values, not warnings, for the NaN-free guarantees (a masked row, large logits).
 
 The result is the same as one call on the whole arrays, up to the order of floating-point additions in the summed
 gradients: tests/test_parallel.py checks every fused op both ways to 1e-12 in float64.
@@ -304,13 +305,12 @@ def map_batch(fn, *arrays, core_ndim=2, grads_for=None, one_chunk_per_thread=Fal
                                       chunk_work=None if matrix_op else max(total, 1))
     if len(parts) <= 1:
         if get_num_threads() > 1 or BACKEND != "numpy":
-            with quiet_floats():                     # one piece: the BLAS threads its products as it sees fit
-                return fn(*arrays, **whole)
-        with _BlasHeldToOneThread(), quiet_floats():     # one thread asked for: the BLAS too
+            return fn(*arrays, **whole)              # one piece: the BLAS threads its products as it sees fit
+        with _BlasHeldToOneThread():                 # one thread asked for: the BLAS too
             return fn(*arrays, **whole)
     join = _Join(parts, batch_shape(arrays, cores), arrays, cores, grads_for)
 
-    def task(i):                                     # on any thread: each sets its own (thread-local) error state
+    def task(i):                                     # a worker thread has its own error state: quiet it as the caller's
         with quiet_floats():
             join.add(i, fn(*(parts[i].take(a, c) for a, c in zip(arrays, cores)), **whole))
 
