@@ -54,7 +54,6 @@ projections stacked in that order; q/k/v_proj_weight when kdim or vdim differ fr
 for h / h_kv consecutive query heads).
 """
 import contextlib
-import math
 
 try:
     import torch
@@ -68,7 +67,8 @@ from autograd.backend import host as np
 from autograd.tensor import Tensor
 from minattn.attention import MultiHeadAttention
 from minattn.gpt import GPT, POSITIONS
-from minattn.layers import Embedding, LayerNorm, Linear
+from minattn.layers import Embedding, LayerNorm, Linear, sinusoidal_positions
+from minattn.masks import alibi_slopes
 from minattn.talking_heads import TalkingHeadsAttention
 from minattn.transformer import Transformer
 
@@ -80,19 +80,14 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # --- the twins: minattn's structure, layer for layer, in torch --------------------------------------------------------
 class TorchPositionalEncoding(nn.Module):
-    """minattn's PositionalEncoding: x + P[offset : offset + L], then dropout; P the sinusoidal table (max_len, d),
-    P[pos, 2i] = sin(pos / 10000^(2i/d)), P[pos, 2i+1] = cos(same), computed in float64 (a non-persistent buffer: not
-    in state_dict, as minattn's table is no parameter). Shapes: x (B, L, d) → (B, L, d). ValueError if L > max_len.
-    Source: Vaswani et al. 2017, §3.5."""
+    """minattn's PositionalEncoding: x + P[offset : offset + L], then dropout; P minattn's own sinusoidal table
+    (``layers.sinusoidal_positions``, float64, as a non-persistent buffer: not in state_dict, as minattn's table is
+    no parameter). Shapes: x (B, L, d) → (B, L, d). ValueError if L > max_len. Source: Vaswani et al. 2017, §3.5."""
 
     def __init__(self, embed_dim, dropout=0.0, max_len=1000, dtype=None):
         super().__init__()
         self.embed_dim, self.max_len = embed_dim, max_len
-        pos = torch.arange(max_len, dtype=torch.float64)[:, None]                              # (max_len, 1)
-        freq = 10000.0 ** (-torch.arange(0, embed_dim, 2, dtype=torch.float64) / embed_dim)    # (ceil(d/2),)
-        table = torch.zeros(max_len, embed_dim, dtype=torch.float64)
-        table[:, 0::2] = torch.sin(pos * freq)                                                 # even columns
-        table[:, 1::2] = torch.cos(pos * freq[: embed_dim // 2])                               # odd columns
+        table = torch.as_tensor(backend.to_numpy(sinusoidal_positions(max_len, embed_dim)))   # (max_len, d) float64
         self.register_buffer("P", table.to(dtype or torch.float32), persistent=False)          # (max_len, d)
         self.dropout = nn.Dropout(dropout)
 
@@ -273,16 +268,6 @@ def _rotate_half(x, base):
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)                   # (B, h, L, d)
 
 
-def _alibi_slopes(num_heads):
-    """ALiBi's slopes m_h: 2^(−8/n)^(i+1) for n = num_heads a power of two; otherwise those of the power of two n'
-    below, then every other slope of 2n' (Press et al. 2022; the paper's reference code, get_slopes)."""
-    def power_of_two(n):
-        start = 2.0 ** (-8.0 / n)
-        return [start ** (i + 1) for i in range(n)]
-    below = 2 ** int(math.floor(math.log2(num_heads)))
-    return power_of_two(below) + power_of_two(2 * below)[0::2][: num_heads - below]
-
-
 class TorchAttention(nn.Module):
     """minattn's MultiHeadAttention with the options nn.MultiheadAttention lacks, used by TorchGPT's blocks: grouped
     key/value heads (``num_kv_heads``), rotary positions (``rope``, rotate_half layout, ``rope_base``), ALiBi
@@ -328,7 +313,7 @@ class TorchAttention(nn.Module):
             allowed = distance >= 0 if self.window is None else (distance >= 0) & (distance < self.window)   # (L, S)
         mask = allowed
         if self.alibi:
-            slopes = torch.tensor(_alibi_slopes(self.num_heads), dtype=q.dtype, device=q.device)          # (h,)
+            slopes = torch.as_tensor(alibi_slopes(self.num_heads), dtype=q.dtype, device=q.device)          # (h,)
             mask = -slopes[:, None, None] * distance.abs().to(q.dtype)                                     # (h, L, S)
             if allowed is not None:
                 mask = mask.masked_fill(~allowed, float("-inf"))                                           # (h, L, S)
