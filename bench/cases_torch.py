@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as TF
 
+from minattn.interop import TorchGPT
+
 
 def _leaf(gen, *shape):
     return torch.randn(*shape, generator=gen, dtype=torch.float32).requires_grad_()
@@ -156,63 +158,33 @@ def copy_step(args, batch, positions, seed=0):
     return run
 
 
-class CharGPT(nn.Module):
-    """minattn's GPT in PyTorch, layer for layer (nanoGPT's architecture as minattn builds it): token + learned
-    position embeddings, pre-LN blocks of causal nn.MultiheadAttention (with biases) and a ReLU FFN of width 4d, a
-    final LayerNorm, the output tied to the token embedding. The same parameter count as minattn.GPT."""
-
-    def __init__(self, vocab_size, block_size, embed_dim, num_heads, num_layers):
-        super().__init__()
-        self.tok = nn.Embedding(vocab_size, embed_dim)
-        self.pos = nn.Embedding(block_size, embed_dim)
-        self.blocks = nn.ModuleList(_CharBlock(embed_dim, num_heads) for _ in range(num_layers))
-        self.norm = nn.LayerNorm(embed_dim)
-
-    def init_gpt2_(self, std=0.02):
-        """GPT-2's initialisation, as minattn.GPT(init="gpt2"): weights N(0, std²), the residual branches' last
-        projections N(0, (std/√(2N))²), biases 0, LayerNorms 1 and 0."""
-        residual_ends = {id(block.attn.out_proj.weight) for block in self.blocks} | \
-            {id(block.ffn[2].weight) for block in self.blocks}
-        with torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, nn.LayerNorm):
-                    continue
-                for name, p in module.named_parameters(recurse=False):
-                    if "bias" in name:
-                        p.zero_()
-                    else:
-                        p.normal_(0.0, std / (2 * len(self.blocks)) ** 0.5 if id(p) in residual_ends else std)
-
-    def forward(self, idx):
-        """idx (B, T) → logits (B, T, V)."""
-        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))                 # (B, T, d)
-        mask = nn.Transformer.generate_square_subsequent_mask(idx.shape[1])      # (T, T) −inf above the diagonal
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.norm(x) @ self.tok.weight.T                                  # (B, T, V)
-
-
-class _CharBlock(nn.Module):
-    def __init__(self, embed_dim, num_heads):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(embed_dim), nn.LayerNorm(embed_dim)
-        self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
-        self.ffn = nn.Sequential(nn.Linear(embed_dim, 4 * embed_dim), nn.ReLU(), nn.Linear(4 * embed_dim, embed_dim))
-
-    def forward(self, x, mask):
-        h = self.ln1(x)
-        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False, is_causal=True)[0]
-        return x + self.ffn(self.ln2(x))
+def init_gpt2_(model, std=0.02):
+    """GPT-2's initialisation of an interop.TorchGPT, as minattn.GPT(init="gpt2"): weights N(0, std²), the residual
+    branches' last projections (attention's out_proj, the FFN's dense2) N(0, (std/√(2N))²), biases 0, LayerNorms 1
+    and 0."""
+    residual_ends = {id(block.attention.out_proj.weight) for block in model.blocks} | \
+        {id(block.ffn.dense2.weight) for block in model.blocks}
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                continue
+            for name, p in module.named_parameters(recurse=False):
+                if "bias" in name:
+                    p.zero_()
+                else:
+                    p.normal_(0.0, std / (2 * len(model.blocks)) ** 0.5 if id(p) in residual_ends else std)
 
 
 def char_lm_trainer(config, seed=0):
-    """(step(x, y), val_loss(batches), num_parameters) for CharGPT initialised as config["init"] says, with Adam
-    (β₂ = config["beta2"]), the learning rate ``config["lr_at"](t)`` at step t and clipping at 1, as demos.char_lm."""
+    """(step(x, y), val_loss(batches), num_parameters) for minattn's GPT in PyTorch (interop.TorchGPT: learned
+    positions, pre-LN blocks of causal nn.MultiheadAttention, a ReLU FFN of 4d, tied output) initialised as
+    config["init"] says, with Adam (β₂ = config["beta2"]), the learning rate ``config["lr_at"](t)`` at step t and
+    clipping at 1, as demos.char_lm."""
     torch.manual_seed(seed)
-    model = CharGPT(config["vocab_size"], config["block_size"], config["embed_dim"], config["num_heads"],
-                    config["layers"]).train()
+    model = TorchGPT(config["vocab_size"], config["block_size"], config["embed_dim"], config["num_heads"],
+                     config["layers"]).train()
     if config["init"] == "gpt2":
-        model.init_gpt2_()
+        init_gpt2_(model)
     optimizer = torch.optim.Adam(model.parameters(), betas=(0.9, config["beta2"]))
     steps_taken = [0]
 
