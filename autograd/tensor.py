@@ -87,36 +87,41 @@ class Tensor:
             raise RuntimeError(f"backward(grad): grad has shape {grad.shape}, expected {self.data.shape}")
 
         order = _topological_order(self)   # raises for a freed graph before any leaf's .grad changes
-        grads = {id(self): grad}
-        for position, tensor in enumerate(order):      # outputs first, leaves last
-            order[position] = None                     # let each intermediate array go as soon as it is used
-            g = grads.pop(id(tensor), None)
-            if g is None:
+        with backend.quiet_floats():       # NaN / inf propagate without NumPy's warnings, as in PyTorch
+            _propagate(order, {id(self): grad}, retain_graph)
+
+
+def _propagate(order, grads, retain_graph):
+    """The chain rule over ``order`` (outputs first): each node's backward turns its output's gradient (``grads``,
+    by id) into its inputs' gradients, summed where an input is used twice; a leaf keeps its sum in ``.grad``."""
+    for position, tensor in enumerate(order):      # outputs first, leaves last
+        order[position] = None                     # let each intermediate array go as soon as it is used
+        g = grads.pop(id(tensor), None)
+        if g is None:
+            continue
+        node = tensor._node
+        if node is None:                           # a leaf: keep its gradient
+            if tensor.grad is None:
+                tensor.grad = xp.array(g, copy=True)   # an array even where a reduction gave a NumPy scalar (0-d)
+            else:
+                tensor.grad += g
+            continue
+        function, inputs = node.function, node.inputs
+        input_grads = function.backward(node.ctx, g)
+        input_grads = tuple(input_grads) if isinstance(input_grads, (tuple, list)) else (input_grads,)
+        if len(input_grads) != len(inputs):
+            raise RuntimeError(f"{function.__name__}.backward returned {len(input_grads)} gradients for "
+                               f"{len(inputs)} inputs (return None for an input that needs none)")
+        if not retain_graph:                       # drop saved arrays and the links to the inputs; keep a
+            node.ctx.free()                        # freed marker so a second backward raises, not misleads
+            node.inputs = ()
+        for x, gx in zip(inputs, input_grads):
+            if gx is None or not x.requires_grad:
                 continue
-            node = tensor._node
-            if node is None:                           # a leaf: keep its gradient
-                if tensor.grad is None:
-                    tensor.grad = g.copy()
-                else:
-                    tensor.grad += g
-                continue
-            function, inputs = node.function, node.inputs
-            with backend.quiet_floats():               # NaN / inf propagate without NumPy's warnings, as in PyTorch
-                input_grads = function.backward(node.ctx, g)
-            input_grads = tuple(input_grads) if isinstance(input_grads, (tuple, list)) else (input_grads,)
-            if len(input_grads) != len(inputs):
-                raise RuntimeError(f"{function.__name__}.backward returned {len(input_grads)} gradients for "
-                                   f"{len(inputs)} inputs (return None for an input that needs none)")
-            if not retain_graph:                       # drop saved arrays and the links to the inputs; keep a
-                node.ctx.free()                        # freed marker so a second backward raises, not misleads
-                node.inputs = ()
-            for x, gx in zip(inputs, input_grads):
-                if gx is None or not x.requires_grad:
-                    continue
-                if gx.shape != x.data.shape or gx.dtype != x.data.dtype:
-                    raise RuntimeError(f"{function.__name__}.backward returned a gradient of shape {gx.shape} "
-                                       f"{gx.dtype} for an input of shape {x.data.shape} {x.data.dtype}")
-                grads[id(x)] = gx if id(x) not in grads else grads[id(x)] + gx
+            if gx.shape != x.data.shape or gx.dtype != x.data.dtype:
+                raise RuntimeError(f"{function.__name__}.backward returned a gradient of shape {gx.shape} "
+                                   f"{gx.dtype} for an input of shape {x.data.shape} {x.data.dtype}")
+            grads[id(x)] = gx if id(x) not in grads else grads[id(x)] + gx
 
 
 def _topological_order(root):
