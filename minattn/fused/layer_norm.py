@@ -10,9 +10,10 @@ def layer_norm_forward(x, residual, gamma, beta, eps):
         x = x + residual                                              # (..., D)  the sum that is normalised
     size = x.shape[-1]                                                # D
     mu = rowsum(x) / size                                             # (..., 1)  μ = mean(x)
-    x_hat = x - mu                                                    # (..., D)  x − μ
-    rstd = 1 / xp.sqrt(rowdot(x_hat, x_hat) / size + eps)             # (..., 1)  r = 1/√(σ² + ε), σ² = mean((x − μ)²)
-    x_hat *= rstd                                                     # (..., D)  x̂ = (x − μ) r
+    xc = x - mu                                                       # (..., D)  x − μ
+    rstd = 1 / xp.sqrt(rowdot(xc, xc) / size + eps)                   # (..., 1)  r = 1/√(σ² + ε), σ² = mean((x − μ)²)
+    x_hat = xc                                                        # (..., D)  x̂, in the memory of x − μ:
+    x_hat *= rstd                                                     #           x̂ = (x − μ) r
     y = x_hat * gamma                                                 # (..., D)  γ ∘ x̂
     y += beta                                                         # (..., D)  y = γ ∘ x̂ + β
     return y, x_hat, rstd
@@ -24,8 +25,10 @@ def layer_norm_backward(x_hat, rstd, grad_y, gamma):
     d_gamma = colsum(rows_g * x_hat.reshape(rows_g.shape))           # (D,)     dγ = Σ_rows dy ∘ x̂
     d_beta = colsum(rows_g)                                           # (D,)     dβ = Σ_rows dy
     size = x_hat.shape[-1]                                            # D
-    dx = grad_y * gamma                                               # (..., D) dx̂ = dy ∘ γ
-    mean_dxhat, mean_dxhat_xhat = rowsum(dx) / size, rowdot(dx, x_hat) / size   # (..., 1) mean(dx̂), mean(dx̂ ∘ x̂)
+    d_xhat = grad_y * gamma                                           # (..., D) dx̂ = dy ∘ γ
+    mean_dxhat = rowsum(d_xhat) / size                                # (..., 1) mean(dx̂)
+    mean_dxhat_xhat = rowdot(d_xhat, x_hat) / size                    # (..., 1) mean(dx̂ ∘ x̂)
+    dx = d_xhat                                                       # (..., D) dx, in the memory of dx̂:
     dx -= mean_dxhat                                                  # (..., D) dx̂ − mean(dx̂)
     dx -= x_hat * mean_dxhat_xhat                                     # (..., D)   − x̂ ∘ mean(dx̂ ∘ x̂)
     dx *= rstd                                                        # (..., D) dx = r (dx̂ − mean(dx̂)
