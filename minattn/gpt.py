@@ -119,11 +119,18 @@ class GPT(Module):
             checks.instance("caches", caches, (list, tuple), expected, where)
             if len(caches) != len(self.blocks):
                 checks.fail("caches", expected, caches, where)
+            for i, cache in enumerate(caches):
+                checks.instance(f"caches[{i}]", cache, KVCache, "a KVCache", where)
+                if cache.position != caches[0].position:
+                    checks.fail(f"caches[{i}]", f"at caches[0]'s position {caches[0].position}", cache, where,
+                                received=f"a cache at position {cache.position}")
         offset = 0 if caches is None else caches[0].position
         bounded = self.positions in ("learned", "sinusoidal")
         if ids.ndim != 2 or (bounded and offset + ids.shape[1] > self.max_len):
             checks.fail("ids", f"(batch, T <= {self.max_len - offset if bounded else 'any'}) token ids"
                         + (f" at offset {offset}" if offset else ""), ids, where)
+        for cache in caches or ():
+            cache.check_room("ids", ids.shape[1], where)                 # every block's, before block 0 writes
         x = self.token_embedding(ids)                                                # (B, T, d)
         if self.position_embedding is not None:
             x = x + self.position_embedding(xp.arange(offset, offset + x.shape[1]))  # (B, T, d)

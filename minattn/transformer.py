@@ -110,14 +110,17 @@ class DecoderBlock(Module):
     def forward(self, x, memory, memory_valid_lens=None, caches=None):
         """x (B, T, d), memory (B, S, d), memory_valid_lens (B,) or (B, T) → (B, T, d). ``caches``: (self-attention
         KVCache, static cross-attention KVCache) for incremental decoding, or None. memory and memory_valid_lens are
-        checked before the self-attention runs (and could draw dropout)."""
+        checked — shape, width and dtype — before the self-attention runs (and could draw dropout or fill a cache)."""
         where = "DecoderBlock"
-        checks.tensor("x", x, where, floating=True)
-        checks.tensor("memory", memory, where, floating=True)
-        if x.ndim != 3:
-            checks.fail("x", "(batch, T, d)", x, where)
-        if memory.ndim != 3 or memory.shape[0] != x.shape[0]:
-            checks.fail("memory", f"({x.shape[0]}, S, d): x's batch", memory, where)
+        width, dtype = self.ffn.dense1.weight.shape[1], self.ffn.dense1.weight.dtype     # d, the parameters' dtype
+        for name, t in (("x", x), ("memory", memory)):
+            checks.tensor(name, t, where, floating=True)
+            if t.ndim != 3 or t.shape[-1] != width:
+                checks.fail(name, f"(batch, length, {width})", t, where)
+            if t.dtype != dtype:
+                checks.fail(name, f"of dtype {dtype} (the parameters'; cast explicitly)", t, where, TypeError)
+        if memory.shape[0] != x.shape[0]:
+            checks.fail("memory", f"({x.shape[0]}, S, {width}): x's batch", memory, where)
         if memory_valid_lens is not None:
             checks.lengths("memory_valid_lens", memory_valid_lens, x.shape[0], memory.shape[1], x.shape[1], where)
         own, cross = ({"cache": caches[0]}, {"cache": caches[1]}) if caches is not None else ({}, {})
@@ -204,13 +207,22 @@ class Transformer(Module):
         checks.tensor("memory", memory, where, floating=True)
         if memory.ndim != 3 or memory.shape[-1] != self.embed_dim:
             checks.fail("memory", f"(batch, S, {self.embed_dim})", memory, where)
+        if memory.dtype != self.output.weight.dtype:
+            checks.fail("memory", f"of dtype {self.output.weight.dtype} (the parameters'; cast explicitly)", memory,
+                        where, TypeError)
         if caches is not None:
             expected = f"a list of {len(self.decoder_blocks)} (self, cross) KVCache pairs, one per decoder block"
             checks.instance("caches", caches, (list, tuple), expected, where)
             if len(caches) != len(self.decoder_blocks):
                 checks.fail("caches", expected, caches, where)
+            for i, pair in enumerate(caches):
+                if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                        and all(isinstance(c, KVCache) for c in pair)):
+                    checks.fail(f"caches[{i}]", "a (self, cross) pair of KVCaches", pair, where, TypeError)
         offset = 0 if caches is None else caches[0][0].position
         tgt_in = self._checked_tgt(where, tgt_in, memory.shape[0], offset)
+        for own, _ in caches or ():
+            own.check_room("tgt_in", tgt_in.shape[1], where)              # every block's, before block 0 writes
         if src_valid_lens is not None:
             src_valid_lens = checks.lengths("src_valid_lens", src_valid_lens, memory.shape[0], memory.shape[1],
                                             where=where)

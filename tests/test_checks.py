@@ -611,3 +611,43 @@ def test_tensor_data_must_be_numbers_of_one_shape(data, error):
         Tensor([1.0], requires_grad="yes")
     with pytest.raises(TypeError, match=message("Tensor", "dtype")):
         Tensor([1.0], dtype="real")
+
+
+def test_decoder_memory_of_another_width_or_dtype_is_refused_before_self_attention(net, rng):
+    """A memory of the wrong width or dtype is refused by the decoder block and by decode before the self-attention
+    runs: no dropout drawn (training mode), no attention weights replaced, no self-attention cache written."""
+    model, optimizer = net
+    block, x = model.decoder_blocks[0], f32(rng, 2, 3, 8)
+    bad_memories = {"width": f32(rng, 2, 5, 6),
+                    "dtype": Tensor(backend.asarray(rng.standard_normal((2, 5, 8))))}             # float64
+    for kind, memory in bad_memories.items():
+        error = ValueError if kind == "width" else TypeError
+        own = KVCache(6)
+        with unchanged(model, optimizer), pytest.raises(error, match=message("DecoderBlock", "memory")):
+            block(x, memory, caches=(own, KVCache(6, static=True)))
+        assert own.length == 0
+    with unchanged(model, optimizer), pytest.raises(TypeError, match=message(r"Transformer\.decode", "memory")):
+        model.decode(ids(rng.integers(3, 10, (2, 3))), bad_memories["dtype"])
+
+
+def test_every_cache_is_checked_before_the_first_block_writes(rng):
+    """GPT.forward and Transformer.decode look at every block's cache (type, room) before block 0 appends."""
+    manual_seed(0)
+    gpt = GPT(11, 16, embed_dim=16, num_heads=2, num_layers=2)
+    tokens = ids(rng.integers(0, 11, (1, 3)))
+    for caches, error, name in (([KVCache(16), "oops"], TypeError, r"caches\[1\]"),
+                                ([KVCache(16), KVCache(2)], ValueError, "ids")):
+        with no_grad(), unchanged(gpt), pytest.raises(error, match=message("GPT", name)):
+            gpt(tokens, caches)
+        assert caches[0].length == 0
+    manual_seed(0)
+    model = Transformer(10, 10, embed_dim=8, num_heads=2, ffn_hidden=16, num_encoder_layers=1, num_decoder_layers=2,
+                        max_len=6).eval()
+    memory = f32(rng, 1, 4, 8)
+    tgt = ids(rng.integers(3, 10, (1, 3)))
+    first = (KVCache(6), KVCache(6, static=True))
+    for caches, error, name in (([first, KVCache(6)], TypeError, r"caches\[1\]"),
+                                ([first, (KVCache(2), KVCache(6, static=True))], ValueError, "tgt_in")):
+        with no_grad(), unchanged(model), pytest.raises(error, match=message(r"Transformer\.decode", name)):
+            model.decode(tgt, memory, caches=caches)
+        assert first[0].length == 0 and first[1].length == 0
