@@ -322,9 +322,11 @@ def values_text(array):
 
 def int_ids(name, value, size, where=None):
     """``value`` as a backend integer array whose every entry lies in [0, size) — token ids, class ids, rows of a
-    table. TypeError as ``integer_array``; ValueError naming the range found (CuPy would wrap a bad id silently)."""
+    table. TypeError as ``integer_array``; ValueError naming the range found (CuPy would wrap a bad id silently).
+    One read of the device per call: a single ``any`` over the out-of-range test (the range is read only to word the
+    error)."""
     ids = integer_array(name, value, where)
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= size):
+    if ids.size and bool(((ids < 0) | (ids >= size)).any()):
         fail(name, f"ids in [0, {size})", value, where, received=values_text(ids))
     return ids
 
@@ -334,7 +336,7 @@ def lengths(name, value, batch=None, maximum=None, queries=None, where=None):
     ``queries`` is given, also (batch, queries) — one per query (d2l's ``valid_lens``).
 
     ``batch`` / ``maximum`` None: not checked. TypeError as ``integer_array``; ValueError for another shape (a plain
-    int included) or a length out of range.
+    int included) or a length out of range. One read of the device for the range, as ``int_ids``.
     """
     lens = integer_array(name, value, where)
     b = "batch" if batch is None else batch
@@ -342,6 +344,6 @@ def lengths(name, value, batch=None, maximum=None, queries=None, where=None):
     ok = lens.ndim == 1 or (lens.ndim == 2 and queries is not None and lens.shape[1] == queries)
     if not ok or (batch is not None and lens.shape[0] != batch):
         fail(name, f"lengths of shape {expected}", value, where)
-    if maximum is not None and lens.size and (int(lens.min()) < 0 or int(lens.max()) > maximum):
+    if maximum is not None and lens.size and bool(((lens < 0) | (lens > maximum)).any()):
         fail(name, f"lengths in [0, {maximum}]", value, where, received=values_text(lens))
     return lens
