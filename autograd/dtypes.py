@@ -45,7 +45,7 @@ def lift(x, like):
             raise TypeError(f"a float {x!r} meets a {like.dtype} tensor; convert the tensor to a float dtype first")
         if isinstance(x, numbers.Real) and getattr(x, "ndim", 0) == 0:   # Python and NumPy scalars
             return Tensor(xp.asarray(x, dtype=like.dtype))
-        x = Tensor(as_data(x))
+        x = Tensor(x)                        # Tensor checks x: a clear error for strings, objects ...
     if x.dtype != like.dtype and (backend.is_floating(x.dtype) or backend.is_floating(like.dtype)):
         raise TypeError(f"operands have dtypes {like.dtype} and {x.dtype}; cast one explicitly")
     return x

@@ -55,8 +55,9 @@ class Tensor:
             checks.fail("data", "numbers: a Tensor, an array, a number or nested lists of one shape", given, "Tensor",
                         received=f"{checks.describe(given)} ({err})")
         if data.dtype.kind not in "biuf":                      # strings, objects, complex: no arithmetic here
+            described = checks.describe(given)
             checks.fail("data", "numbers (bool, int or float)", given, "Tensor", TypeError,
-                        received=f"{checks.describe(given)}, dtype {data.dtype}")
+                        received=described if "dtype" in described else f"{described}, dtype {data.dtype}")
         if requires_grad and not backend.is_floating(data.dtype):
             checks.fail("requires_grad", f"False for a tensor of dtype {data.dtype} (only floating tensors can "
                         "require grad)", requires_grad, "Tensor", TypeError)
