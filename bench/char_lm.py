@@ -10,7 +10,7 @@ import numpy as np
 
 from demos import char_lm
 from demos.next_token import train_next_token
-from minattn import GPT, Adam, CosineSchedule, manual_seed
+from minattn import manual_seed
 
 STEPS, QUICK_STEPS = 300, 6
 BLOCK, PAUSE_S = 25, 0.25
@@ -20,12 +20,7 @@ BLOCK, PAUSE_S = 25, 0.25
 def measure(torch_cases, steps):
     """{"minattn_ms", "torch_ms", "ratio", "minattn_val_loss", "torch_val_loss", "val_loss_difference", ...}."""
     args = char_lm.parse_args(["--steps", str(steps)])
-    text = char_lm.load_text(None)
-    chars = sorted(set(text))
-    encode = {c: i for i, c in enumerate(chars)}
-    data = np.array([encode[c] for c in text], dtype=np.int64)
-    cut = int(0.9 * len(data))
-    train, val = data[:cut], data[cut:]
+    chars, _, train, val = char_lm.prepare(char_lm.load_text(None))
     fixed = np.random.default_rng(2)
     val_batches = [char_lm.batch_at(val, fixed.integers(0, len(val) - args.block_size - 1, args.batch_size),
                                     args.block_size) for _ in range(args.eval_batches)]
@@ -33,9 +28,7 @@ def measure(torch_cases, steps):
     batches = [char_lm.batch_at(train, rng.integers(0, len(train) - args.block_size - 1, args.batch_size),
                                 args.block_size) for _ in range(steps)]
     manual_seed(0)
-    model = GPT(len(chars), args.block_size, args.embed_dim, args.num_heads, args.layers, init=args.init)
-    optimizer = Adam(model.parameters(), lr=args.lr, betas=(0.9, args.beta2))
-    schedule = CosineSchedule(optimizer, args.lr, args.warmup_steps, args.lr_decay_steps, args.min_lr)
+    model, optimizer, schedule = char_lm.build(args, len(chars))          # the demo's model and recipe
     config = {"vocab_size": len(chars), "block_size": args.block_size, "embed_dim": args.embed_dim,
               "num_heads": args.num_heads, "layers": args.layers, "init": args.init, "beta2": args.beta2,
               "lr_at": schedule.lr_at}                         # the same learning rate at every step, both sides

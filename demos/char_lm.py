@@ -93,6 +93,27 @@ def load_text(path):
         return f.read()
 
 
+def prepare(text):
+    """(chars, encode, train, val): the sorted distinct characters, the map character → id, and the text's ids cut
+    into the first 90% and the last 10% (held out, as nanoGPT)."""
+    chars = sorted(set(text))
+    encode = {c: i for i, c in enumerate(chars)}
+    data = np.array([encode[c] for c in text], dtype=np.int64)
+    cut = int(0.9 * len(data))
+    return chars, encode, data[:cut], data[cut:]
+
+
+def build(args, vocab_size):
+    """(model, optimizer, schedule): the GPT, Adam and learning-rate schedule of the command line (the schedule is
+    None for --lr-schedule constant). Draws the parameters from the current seed."""
+    model = GPT(vocab_size, args.block_size, args.embed_dim, args.num_heads, args.layers, positions=args.positions,
+                init=args.init)
+    optimizer = Adam(model.parameters(), lr=args.lr, betas=(0.9, args.beta2))
+    schedule = None if args.lr_schedule == "constant" else \
+        CosineSchedule(optimizer, args.lr, args.warmup_steps, args.lr_decay_steps, args.min_lr)
+    return model, optimizer, schedule
+
+
 def bigram_loss(train, val, vocab_size):
     """Validation cross-entropy (nats per character) of character bigrams counted on ``train`` (add-one smoothing)."""
     counts = np.ones((vocab_size, vocab_size))
@@ -157,13 +178,9 @@ def main(argv=None):
     """Load, train, measure, sample, and write the figures and metrics.json."""
     args = parse_args(argv)
     text = load_text(args.data)
-    chars = sorted(set(text))
-    encode = {c: i for i, c in enumerate(chars)}
-    data = np.array([encode[c] for c in text], dtype=np.int64)
-    cut = int(0.9 * len(data))
-    train, val = data[:cut], data[cut:]
+    chars, encode, train, val = prepare(text)
     if len(val) <= args.block_size + 1:
-        raise SystemExit(f"the text is too short: {len(data)} characters leave {len(val)} for validation")
+        raise SystemExit(f"the text is too short: {len(text)} characters leave {len(val)} for validation")
     rng = np.random.default_rng([args.seed, 1])
     fixed = np.random.default_rng([args.seed, 2])
     eval_sets = {name: [batch_at(split, fixed.integers(0, len(split) - args.block_size - 1, args.batch_size),
@@ -171,14 +188,10 @@ def main(argv=None):
                  for name, split in (("train", train), ("val", val))}
     floor = bigram_loss(train, val, len(chars))
     manual_seed(args.seed)
-    model = GPT(len(chars), args.block_size, args.embed_dim, args.num_heads, args.layers, positions=args.positions,
-                init=args.init)
+    model, optimizer, schedule = build(args, len(chars))
     print(f"{len(text):,} characters ({len(chars)} distinct; {len(train):,} train, {len(val):,} validation), "
           f"GPT of {model.num_parameters():,} parameters; bigram floor on validation: {floor:.4f} nats "
           f"({floor / math.log(2):.3f} bits) per character")
-    optimizer = Adam(model.parameters(), lr=args.lr, betas=(0.9, args.beta2))
-    schedule = None if args.lr_schedule == "constant" else \
-        CosineSchedule(optimizer, args.lr, args.warmup_steps, args.lr_decay_steps, args.min_lr)
     curve, trained, seconds = {"step": [], "train": [], "val": []}, 0, 0.0
     if args.resume:
         trained, curve, seconds = resume(args.resume, model, optimizer, rng, args)
