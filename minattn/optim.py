@@ -309,7 +309,19 @@ def check_optimizer(optimizer, where):
     return optimizer
 
 
-class WarmupSchedule:
+class LRSchedule:
+    """A learning rate that is a function of the step alone: a subclass defines ``lr_at(t)``; ``step()``, called once
+    per optimizer step before ``optimizer.step()``, advances t (the steps taken; set by the subclass, 0 at first) and
+    sets ``optimizer.lr`` to ``lr_at(t)``."""
+
+    def step(self):
+        """Advance one step and set the optimizer's lr."""
+        self.t += 1
+        self.optimizer.lr = self.lr_at(self.t)
+        return self.optimizer.lr
+
+
+class WarmupSchedule(LRSchedule):
     """The Transformer's learning rate: lr = factor · d^(-1/2) · min(t^(-1/2), t · warmup^(-3/2)).
 
     Rises linearly for ``warmup_steps`` steps, then decays as 1/√t (Vaswani et al. 2017, eq. 3). Call ``step()``
@@ -331,14 +343,8 @@ class WarmupSchedule:
         t = checks.positive_int("t", t, "WarmupSchedule.lr_at")
         return self.factor * self.embed_dim ** -0.5 * min(t ** -0.5, t * self.warmup_steps ** -1.5)
 
-    def step(self):
-        """Advance one step and set the optimizer's lr."""
-        self.t += 1
-        self.optimizer.lr = self.lr_at(self.t)
-        return self.optimizer.lr
 
-
-class CosineSchedule:
+class CosineSchedule(LRSchedule):
     """nanoGPT's learning rate: a linear warm-up to ``max_lr``, then half a cosine down to ``min_lr``, then flat.
 
         lr(t) = max_lr · t / warmup_steps                                                   1 ≤ t ≤ warmup_steps
@@ -377,12 +383,6 @@ class CosineSchedule:
             return self.min_lr
         progress = (t - self.warmup_steps) / (self.decay_steps - self.warmup_steps)     # 0 → 1
         return self.min_lr + 0.5 * (self.max_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
-
-    def step(self):
-        """Advance one step and set the optimizer's lr."""
-        self.t += 1
-        self.optimizer.lr = self.lr_at(self.t)
-        return self.optimizer.lr
 
 
 def clip_grad_norm_(parameters, max_norm):
