@@ -2,12 +2,14 @@
 import math
 
 from autograd import checks, ops
+from autograd.backend import read_only
 from autograd.grad_mode import is_grad_enabled
 from autograd.tensor import Tensor
 from minattn import functional as F
 from minattn import masks
 from minattn.cache import KVCache
 from minattn.fused.flash_attention import FlashAttentionFunction
+from minattn.fused.packed_attention import PackedSelfAttentionFunction
 from minattn.layers import LayerNorm, Linear, parameter_dtype
 from minattn.module import Module
 
@@ -178,7 +180,10 @@ class MultiHeadAttention(Module):
         """Attend from each query position to the key/value positions.
 
         Args:
-            query (B, L, E), key (B, S, kdim), value (B, S, vdim): Tensors (the same for self-attention).
+            query (B, L, E), key (B, S, kdim), value (B, S, vdim): Tensors (the same for self-attention). When
+                they are one tensor (``x, x, x``), q, k and v come from ONE product with W_q, W_k, W_v stacked
+                (PyTorch's packed ``in_proj``; fused/packed_attention.py): the same values, gradients, dropout
+                draws and attention weights as three products, with less work.
             valid_lens: None, (B,) or (B, L) integers: keys at index >= valid_len are padding (d2l).
             attn_mask: None, boolean (True = take part) or float (added), broadcastable to (B, h, L, S).
             is_causal: query i sees keys 0..i only; an error together with attn_mask.
@@ -210,6 +215,8 @@ class MultiHeadAttention(Module):
         if self.alibi:
             slopes = masks.alibi_bias(self.num_heads, num_queries, num_keys, query.dtype)   # (h, L, S)
             bias = slopes if bias is None else bias + slopes                              # (B | 1, h, L, S)
+        if self._packs(query, key, value) and not flash:
+            return self._packed_self_attention(query, mask, bias)    # (B, L, E)
         q = transpose_qkv(self.W_q(query), self.num_heads)             # (B, h, L, d_h)
         W_k = self.W_q if self.W_k is None else self.W_k               # tied Q/K: the same projection
         k = transpose_qkv(W_k(key), self.num_kv_heads)                 # (B, h_kv, S, d_h)
@@ -234,6 +241,31 @@ class MultiHeadAttention(Module):
                                    need_weights=True, enable_gqa=grouped)   # (B, h, L, d_h), (B, h, L, S)
         self.attention_weights = weights                               # (B, h, L, S)
         return self.W_o(transpose_output(out))                         # (B, L, E)
+
+    def _packs(self, query, key, value):
+        """Can q, k, v come from ONE packed product? Self-attention (one tensor for all three) with separate W_q,
+        W_k, W_v, as many K/V heads as query heads, and nothing applied to q, k between the projection and the
+        scores (no q/k norm, no rotation)."""
+        return (query is key is value and self.W_k is not None and self.num_kv_heads == self.num_heads
+                and self.q_norm is None and not self.rope)
+
+    def _packed_self_attention(self, x, mask, bias):
+        """``forward``'s self-attention with ONE q/k/v product: W_q, W_k, W_v stacked into a (3E, E) weight, the
+        heads split out of its (B, L, 3E) output as views (DESIGN §4b). The same values, random draws and attention
+        weights as the three-product path."""
+        batch, length = x.shape[0], x.shape[1]
+        weight = ops.concatenate([self.W_q.weight, self.W_k.weight, self.W_v.weight], axis=0)   # (3E, E)
+        bias_qkv = (None if self.W_q.bias is None else
+                    ops.concatenate([self.W_q.bias, self.W_k.bias, self.W_v.bias], axis=0))      # (3E,)
+        qkv = F.linear(x, weight, bias_qkv)                            # (B, L, 3E)   [Q | K | V]
+        drop = None
+        if self.training and self.dropout > 0:
+            drop = F.dropout_mask((batch, self.num_heads, length, length), self.dropout, qkv.dtype)   # (B, h, L, L)
+        out, ctx = PackedSelfAttentionFunction.apply_with_ctx(qkv, mask=mask, bias=bias,
+                                                              scale=F.default_scale(self.head_dim),
+                                                              dropout_mask=drop, num_heads=self.num_heads)
+        self.attention_weights = Tensor(read_only(ctx.attention_weights))   # (B, h, L, L)
+        return self.W_o(out)                                           # (B, L, E)
 
     def _forward_cached(self, query, key, value, valid_lens, attn_mask, is_causal, cache):
         """``forward`` with a KVCache: only the new tokens' q, k, v are computed (see minattn/cache.py)."""

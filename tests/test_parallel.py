@@ -43,6 +43,7 @@ from minattn.fused.embedding import EmbeddingFunction
 from minattn.fused.flash_attention import FlashAttentionFunction
 from minattn.fused.layer_norm import LayerNormFunction
 from minattn.fused.linear import LinearFunction
+from minattn.fused.packed_attention import PackedSelfAttentionFunction
 from minattn.fused.softmax import SoftmaxFunction
 from minattn.fused.talking_heads import TalkingHeadsFunction
 from tests.conftest import host, t64
@@ -1247,6 +1248,29 @@ def _flash(name, rng, dtype):
     return (lambda *t: FlashAttentionFunction.apply(*t, **kw)), arrays, None
 
 
+PACKED = ["no mask", "bool mask with a fully masked row", "batch (1, 5): cut along the heads",
+          "causal mask (L, L), float bias (B, 1, L, L), dropout_mask"]
+
+
+def _packed(name, rng, dtype):
+    """PackedSelfAttentionFunction: qkv (4, L=7, 3·h·d) with h = 3, d = 2 (its heads' batch (4, 3) is cut) unless
+    said."""
+    batch, heads, length, d = (1, 5, 7, 2) if name == "batch (1, 5): cut along the heads" else (4, 3, 7, 2)
+    kw = dict(scale=0.5, num_heads=heads)
+    if name == "bool mask with a fully masked row":
+        mask = _row_mask(rng, (batch, 1, length, length))
+        mask[1, 0, 3] = False                                                  # query 3 of sequence 1 sees no key
+        kw["mask"] = dev(mask)
+    elif name == "causal mask (L, L), float bias (B, 1, L, L), dropout_mask":
+        kw["mask"] = dev(np.tril(np.ones((length, length), dtype=bool)))
+        kw["bias"] = _constant(rng.standard_normal((batch, 1, length, length)), dtype)
+        kw["dropout_mask"] = _constant((rng.random((batch, heads, length, length)) > 0.3) / 0.7, dtype)
+    elif name not in PACKED:
+        raise KeyError(name)
+    qkv = rng.standard_normal((batch, length, 3 * heads * d))
+    return (lambda x: PackedSelfAttentionFunction.apply(x, **kw)), [qkv], None
+
+
 def _embedding(name, rng, dtype):
     """EmbeddingFunction: ids (6, 5) over 4 tokens, repeats certain (its backward's positions are cut; each chunk's
     dW is added up)."""
@@ -1270,6 +1294,7 @@ CASES = {
                              "qp batch 1 (broadcast), mask (4, 1, S)", "kp, v batch 1 (broadcast)"]),
     "flash": (_flash, ["causal", "bool mask with a fully masked row", "float bias", "causal, mask, k, v batch 1",
                        "batch (1, 5): cut along the heads, block_size 2"]),
+    "packed": (_packed, PACKED),
 }
 ALL_CASES = [pytest.param(op, name, id=f"{op}: {name}") for op, (_, names) in CASES.items() for name in names]
 
@@ -1338,6 +1363,13 @@ def test_gradcheck_flash_chunked(chunk_log, rng):
     mask = _row_mask(rng, (3, 1, 5, 6), p=0.3)
     _gradcheck_chunked(chunk_log, lambda *t: FlashAttentionFunction.apply(
         *t, mask=dev(mask), scale=0.7, causal=True, block_size=2), [q, k, v])
+
+
+def test_gradcheck_packed_chunked(chunk_log, rng):
+    mask = _row_mask(rng, (3, 1, 4, 4), p=0.3)
+    dropout_mask = dev((rng.random((3, 2, 4, 4)) > 0.25) / 0.75)
+    _gradcheck_chunked(chunk_log, lambda x: PackedSelfAttentionFunction.apply(
+        x, mask=dev(mask), scale=0.7, dropout_mask=dropout_mask, num_heads=2), [rng.standard_normal((3, 4, 12))])
 
 
 def test_row_wise_ops_follow_the_last_matrix_op(monkeypatch, rng):

@@ -31,6 +31,7 @@ from minattn.fused.attention import ScaledDotProductAttentionFunction, attention
 from minattn.fused.cross_entropy import CrossEntropyFunction, cross_entropy_reference
 from minattn.fused.layer_norm import LayerNormFunction, layer_norm_reference
 from minattn.fused.linear import LinearFunction, linear_reference
+from minattn.fused.packed_attention import PackedSelfAttentionFunction, packed_self_attention_reference
 from minattn.fused.softmax import SoftmaxFunction, softmax_reference
 from minattn.fused.talking_heads import TalkingHeadsFunction, talking_heads_reference
 from tests.conftest import host, t64
@@ -518,6 +519,33 @@ def test_additive_attention_function(data, seed):
     params = dict(mask=mask, bias=bias, dropout_mask=dropout_mask)
     check_fused(lambda *ts: AdditiveAttentionFunction.apply(*ts, **params),
                 lambda *ts: additive_attention_reference(*ts, **params), arrays, requires_some(draw, 4), seed)
+
+
+# --- fused: packed self-attention -----------------------------------------------------------------------------------
+@st.composite
+def packed_attention_case(draw):
+    """qkv (B, L, 3·h·d); a causal mask, or maybe a boolean mask and maybe a float bias with -inf entries, each
+    broadcastable to (B, h, L, L); maybe a dropout multiplier (B, h, L, L)."""
+    b, length, h, d = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3)),
+                       draw(st.integers(1, 2)))
+    rng = np.random.default_rng(draw(SEEDS))
+    full = (b, h, length, length)
+    if draw(st.booleans()):
+        mask, bias = mask_lib.causal_mask(length, length), None
+    else:
+        mask, bias = draw_mask_and_bias(draw, rng, full)
+    dropout_mask = dev((rng.random(full) >= 0.3) / 0.7) if draw(st.booleans()) else None
+    params = dict(mask=mask, bias=bias, scale=draw(st.sampled_from([1 / np.sqrt(d), 0.5, 2.0])),
+                  dropout_mask=dropout_mask)
+    return normal(rng, (b, length, 3 * h * d)), h, params, draw(SEEDS)
+
+
+@CHEAP
+@given(packed_attention_case())
+def test_packed_self_attention_function(case):
+    qkv, heads, params, seed = case
+    check_fused(lambda x: PackedSelfAttentionFunction.apply(x, num_heads=heads, **params),
+                lambda x: packed_self_attention_reference(x, heads, **params), [qkv], [True], seed)
 
 
 # --- the layer: MultiHeadAttention -----------------------------------------------------------------------------------
