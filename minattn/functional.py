@@ -15,7 +15,7 @@ from minattn.fused.cross_entropy import CrossEntropyFunction
 from minattn.fused.embedding import EmbeddingFunction
 from minattn.fused.flash_attention import FlashAttentionFunction
 from minattn.fused.layer_norm import LayerNormFunction
-from minattn.fused.linear import LinearFunction
+from minattn.fused.linear import LinearFunction, LinearReLUFunction
 from minattn.fused.rotary import RotaryEmbeddingFunction
 from minattn.fused.softmax import SoftmaxFunction
 
@@ -31,7 +31,21 @@ def linear(x, weight, bias=None):
 
     Raises TypeError if the dtypes differ (no silent cast), ValueError if x's last axis is not in_features.
     """
-    where = "linear"
+    _check_linear("linear", x, weight, bias)
+    return LinearFunction.apply(x, weight, *([bias] if bias is not None else []))
+
+
+def linear_relu(x, weight, bias=None):
+    """z = relu(x Wᵀ + b) in one node (LinearReLUFunction; PyTorch's torch.ao.nn.intrinsic.LinearReLU): the same
+    values and gradients as ``linear(x, weight, bias).relu()``, with one array and one node fewer. Arguments, shapes
+    and errors as ``linear``.
+    """
+    _check_linear("linear_relu", x, weight, bias)
+    return LinearReLUFunction.apply(x, weight, *([bias] if bias is not None else []))
+
+
+def _check_linear(where, x, weight, bias):
+    """linear's and linear_relu's argument checks (see ``linear``)."""
     checks.tensor("x", x, where, floating=True)
     checks.tensor("weight", weight, where, floating=True)
     if weight.ndim != 2:
@@ -44,7 +58,6 @@ def linear(x, weight, bias=None):
     _same_dtype(where, ("weight", weight), "x", x)
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         checks.fail("x", f"(..., in_features={weight.shape[1]})", x, where)
-    return LinearFunction.apply(x, weight, *([bias] if bias is not None else []))
 
 
 def _softmax_axis(where, x, axis):

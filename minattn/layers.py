@@ -181,7 +181,11 @@ class PositionWiseFFN(Module):
 
     def forward(self, x):
         """x (..., d) → (..., d)."""
-        return self.dense2(self.dropout(self.dense1(x).relu()))
+        if type(self.dense1) is Linear:                                    # the product and the ReLU in one node
+            hidden = F.linear_relu(x, self.dense1.weight, self.dense1.bias)  # (..., ffn_hidden)  relu(W_1 x + b_1)
+        else:                                                              # a module put in its place: its forward
+            hidden = self.dense1(x).relu()                                 # (..., ffn_hidden)
+        return self.dense2(self.dropout(hidden))                           # (..., d)
 
 
 def check_ffn(embed_dim, ffn_hidden, dropout, dtype, where):

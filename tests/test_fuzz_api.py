@@ -1,8 +1,8 @@
 """Property-based fuzzing of the public API (hypothesis): valid calls give PyTorch's numbers, invalid calls are
 refused by name and change nothing.
 
-Default run: at most 9334 cases (9259 without PyTorch) — the sum of max_examples over the tests below: 7824
-invalid calls, 8 for each of the 978 kinds of mistake over 38 entry points (each kind its own parametrized case, so
+Default run: at most 9566 cases (9491 without PyTorch) — the sum of max_examples over the tests below: 8056
+invalid calls, 8 for each of the 1007 kinds of mistake over 39 entry points (each kind its own parametrized case, so
 every kind is tried on every run), plus 1510 valid calls. At most: hypothesis stops once a small search space is
 exhausted (a constructor's mistake with nothing else to draw runs once), so about 7,000 run in practice.
 ``MINATTN_FUZZ_SCALE`` (a positive number, default 1) multiplies every test's count: MINATTN_FUZZ_SCALE=10 for a
@@ -11,12 +11,12 @@ deeper sweep.
 
 Invalid calls — ``test_invalid_call_is_refused_by_name_and_changes_nothing[<entry point>-<kind>]``, one mistake
 per call, amid random shapes, values and models mid-training:
-  entry points   Tensor() and Tensor.sum / mean / max / reshape / transpose / permute; F.linear, softmax, log_softmax,
-                 masked_softmax, scaled_dot_product_attention, layer_norm, cross_entropy, embedding, dropout; the
-                 Linear, Embedding, LayerNorm, Dropout, MultiHeadAttention, Transformer and GPT constructors; the
-                 forwards of Linear, LayerNorm, Embedding, MultiHeadAttention, Transformer and GPT;
-                 Transformer.greedy_decode, GPT.generate; SGD, Adam, WarmupSchedule, CosineSchedule,
-                 clip_grad_norm_; checkpoint.save and checkpoint.load (of a damaged file)
+  entry points   Tensor() and Tensor.sum / mean / max / reshape / transpose / permute; F.linear, linear_relu, softmax,
+                 log_softmax, masked_softmax, scaled_dot_product_attention, layer_norm, cross_entropy, embedding,
+                 dropout; the Linear, Embedding, LayerNorm, Dropout, MultiHeadAttention, Transformer and GPT
+                 constructors; the forwards of Linear, LayerNorm, Embedding, MultiHeadAttention, Transformer and GPT;
+                 Transformer.greedy_decode, GPT.generate; SGD, Adam, WarmupSchedule, CosineSchedule, clip_grad_norm_;
+                 checkpoint.save and checkpoint.load (of a damaged file)
   mistakes       Tensor(): data that is not numbers (object array, str, None, ragged list, dict), an unknown
                  dtype, requires_grad on integers or as a string;
                  tensors: not a Tensor (NumPy array, nested list, None), int / bool / object dtype, float32 or
@@ -760,7 +760,8 @@ def bad_permute(draw, pick):
 
 
 @st.composite
-def bad_linear(draw, pick):
+def bad_linear(draw, pick, name="linear"):
+    """F.linear (or F.linear_relu: the same arguments and checks) with mistake number ``pick``."""
     rng = np.random.default_rng(draw(seeds))
     batch = tuple(draw(st.integers(1, 2)) for _ in range(draw(st.integers(0, 2))))
     n_in, n_out = draw(st.integers(1, 3)), draw(st.integers(1, 3))
@@ -775,7 +776,7 @@ def bad_linear(draw, pick):
                    Mistake("bias", "of the wrong length", tensor(rng.standard_normal(n_out + 1))),
                    Mistake("bias", "2-D", tensor(rng.standard_normal((1, n_out))))])
     m = draw_mistake(mistakes, pick)
-    return call_with("F.linear", F.linear, (), {"x": x, "weight": w, "bias": b}, m, state=(x, w, b))
+    return call_with(f"F.{name}", getattr(F, name), (), {"x": x, "weight": w, "bias": b}, m, state=(x, w, b))
 
 
 @st.composite
@@ -1517,6 +1518,7 @@ INVALID = {
     "Tensor.transpose": (lambda folder, pick: bad_transpose(pick), 13),
     "Tensor.permute": (lambda folder, pick: bad_permute(pick), 8),
     "F.linear": (lambda folder, pick: bad_linear(pick), 29),
+    "F.linear_relu": (lambda folder, pick: bad_linear(pick, "linear_relu"), 29),
     "F.softmax": (lambda folder, pick: bad_softmax("softmax", pick), 15),
     "F.log_softmax": (lambda folder, pick: bad_softmax("log_softmax", pick), 15),
     "F.masked_softmax": (lambda folder, pick: bad_masked_softmax(pick), 15),

@@ -42,7 +42,7 @@ from minattn.fused.cross_entropy import CrossEntropyFunction
 from minattn.fused.embedding import EmbeddingFunction
 from minattn.fused.flash_attention import FlashAttentionFunction
 from minattn.fused.layer_norm import LayerNormFunction
-from minattn.fused.linear import LinearFunction
+from minattn.fused.linear import LinearFunction, LinearReLUFunction
 from minattn.fused.packed_attention import PackedSelfAttentionFunction
 from minattn.fused.softmax import SoftmaxFunction
 from minattn.fused.talking_heads import TalkingHeadsFunction
@@ -1119,18 +1119,25 @@ def _sdpa(name, rng, dtype):
     return (lambda *t: ScaledDotProductAttentionFunction.apply(*t, **kw)), arrays, None
 
 
-def _linear(name, rng, dtype):
-    """LinearFunction: x (5, 7, 6) (35 rows, cut along its first axis), W (4, 6), b (4,) unless said."""
+def _linear(name, rng, dtype, function=LinearFunction):
+    """LinearFunction (or ``function``, with the same inputs): x (5, 7, 6) (35 rows, cut along its first axis),
+    W (4, 6), b (4,) unless said."""
     x, w, b = rng.standard_normal((5, 7, 6)), rng.standard_normal((4, 6)), rng.standard_normal(4)
     if name == "3-D x, bias":
-        return (lambda *t: LinearFunction.apply(*t)), [x, w, b], None
+        return (lambda *t: function.apply(*t)), [x, w, b], None
     if name == "3-D x, no bias":
-        return (lambda *t: LinearFunction.apply(*t)), [x, w], None
+        return (lambda *t: function.apply(*t)), [x, w], None
     if name == "2-D x (9, 6), bias":
-        return (lambda *t: LinearFunction.apply(*t)), [rng.standard_normal((9, 6)), w, b], None
+        return (lambda *t: function.apply(*t)), [rng.standard_normal((9, 6)), w, b], None
     if name == "x requires no grad":
-        return (lambda *t: LinearFunction.apply(*t)), [x, w, b], [False, True, True]
+        return (lambda *t: function.apply(*t)), [x, w, b], [False, True, True]
     raise KeyError(name)
+
+
+def _linear_relu(name, rng, dtype):
+    """LinearReLUFunction, on _linear's inputs; its backward reads the mask [z > 0] off each chunk's share of the
+    output."""
+    return _linear(name, rng, dtype, LinearReLUFunction)
 
 
 def _layer_norm(name, rng, dtype):
@@ -1285,6 +1292,7 @@ CASES = {
                      "k, v shared by the heads (B, 1, S, E)", "q batch 1, k, v batch 4",
                      "batch (1, 5): cut along the heads", "q without batch axes"]),
     "linear": (_linear, ["3-D x, bias", "3-D x, no bias", "2-D x (9, 6), bias", "x requires no grad"]),
+    "linear_relu": (_linear_relu, ["3-D x, bias", "3-D x, no bias", "2-D x (9, 6), bias", "x requires no grad"]),
     "layer_norm": (_layer_norm, ["3-D x (4, 5, 6)", "2-D x (9, 6)", "3-D x and a residual"]),
     "cross_entropy": (_cross_entropy, ["mean, ignored rows", "mean, ignored rows, label_smoothing",
                                        "sum, ignored rows, label_smoothing", "none, ignore_index=3, label_smoothing"]),
@@ -1317,7 +1325,7 @@ def test_fused_function_chunked_equals_unchunked(chunked, rng, op, name):
 def test_fused_function_keeps_float32_when_chunked(chunked, rng, op):
     """float32 inputs: chunked, the output and every gradient are float32, and agree with the unchunked float32
     call (its most involved case)."""
-    name = CASES[op][1][-1] if op != "linear" else "3-D x, bias"
+    name = CASES[op][1][-1] if op not in ("linear", "linear_relu") else "3-D x, bias"
     (out, grads), _ = _assert_chunked_equals_unchunked(chunked, _case(op, name, rng, np.float32), np.float32,
                                                        **FLOAT32)
     assert out.dtype == np.float32
@@ -1343,6 +1351,17 @@ def test_gradcheck_sdpa_chunked(chunk_log, rng):
 def test_gradcheck_linear_chunked(chunk_log, rng):
     arrays = [rng.standard_normal((5, 3, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3)]
     _gradcheck_chunked(chunk_log, lambda *t: LinearFunction.apply(*t), arrays)
+
+
+def test_gradcheck_linear_relu_chunked(chunk_log, rng):
+    """x (5, 3, 4) with every pre-activation x Wᵀ + b at least 0.1 from the ReLU's kink (redrawn until so)."""
+    for _ in range(1000):
+        arrays = [rng.standard_normal((5, 3, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3)]
+        if np.abs(arrays[0] @ arrays[1].T + arrays[2]).min() >= 0.1:
+            break
+    else:
+        raise AssertionError("no draw away from the kink")
+    _gradcheck_chunked(chunk_log, lambda *t: LinearReLUFunction.apply(*t), arrays)
 
 
 def test_gradcheck_layer_norm_chunked(chunk_log, rng):

@@ -30,7 +30,7 @@ from minattn.fused.additive import AdditiveAttentionFunction, additive_attention
 from minattn.fused.attention import ScaledDotProductAttentionFunction, attention_reference
 from minattn.fused.cross_entropy import CrossEntropyFunction, cross_entropy_reference
 from minattn.fused.layer_norm import LayerNormFunction, layer_norm_reference
-from minattn.fused.linear import LinearFunction, linear_reference
+from minattn.fused.linear import LinearFunction, LinearReLUFunction, linear_reference, linear_relu_reference
 from minattn.fused.packed_attention import PackedSelfAttentionFunction, packed_self_attention_reference
 from minattn.fused.softmax import SoftmaxFunction, softmax_reference
 from minattn.fused.talking_heads import TalkingHeadsFunction, talking_heads_reference
@@ -347,6 +347,26 @@ def test_linear_function(lead, in_features, out_features, with_bias, data, seed)
         arrays.append(normal(rng, (out_features,)))
     requires = requires_some(data.draw, len(arrays))
     check_fused(LinearFunction.apply, lambda x, w, *b: linear_reference(x, w, b[0] if b else None), arrays,
+                requires, seed)
+
+
+
+@CHEAP
+@given(hnp.array_shapes(min_dims=0, max_dims=2, **SIDE), st.integers(1, 3), st.integers(1, 3), st.booleans(),
+       st.data(), SEEDS)
+def test_linear_relu_function(lead, in_features, out_features, with_bias, data, seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(1000):   # redrawn until every pre-activation x Wᵀ + b is at least 0.1 from relu's kink
+        arrays = [normal(rng, lead + (in_features,)), normal(rng, (out_features, in_features))]
+        if with_bias:
+            arrays.append(normal(rng, (out_features,)))
+        pre = arrays[0] @ arrays[1].T + (arrays[2] if with_bias else 0.0)
+        if np.abs(pre).min() >= 0.1:
+            break
+    else:
+        raise AssertionError("no draw away from relu's kink")
+    requires = requires_some(data.draw, len(arrays))
+    check_fused(LinearReLUFunction.apply, lambda x, w, *b: linear_relu_reference(x, w, b[0] if b else None), arrays,
                 requires, seed)
 
 
