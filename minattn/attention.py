@@ -10,7 +10,7 @@ from minattn import masks
 from minattn.cache import KVCache
 from minattn.fused.flash_attention import FlashAttentionFunction
 from minattn.fused.packed_attention import PackedSelfAttentionFunction
-from minattn.layers import LayerNorm, Linear, parameter_dtype
+from minattn.layers import LayerNorm, Linear, is_plain_linear, parameter_dtype
 from minattn.module import Module
 
 
@@ -182,8 +182,9 @@ class MultiHeadAttention(Module):
         Args:
             query (B, L, E), key (B, S, kdim), value (B, S, vdim): Tensors (the same for self-attention). When
                 they are one tensor (``x, x, x``), q, k and v come from ONE product with W_q, W_k, W_v stacked
-                (PyTorch's packed ``in_proj``; fused/packed_attention.py): the same values, gradients, dropout
-                draws and attention weights as three products, with less work.
+                (PyTorch's packed ``in_proj``; fused/packed_attention.py): the values, gradients and attention
+                weights of three products (up to the rounding of one product against three), the same dropout
+                draws, with less work.
             valid_lens: None, (B,) or (B, L) integers: keys at index >= valid_len are padding (d2l).
             attn_mask: None, boolean (True = take part) or float (added), broadcastable to (B, h, L, S).
             is_causal: query i sees keys 0..i only; an error together with attn_mask.
@@ -245,14 +246,19 @@ class MultiHeadAttention(Module):
     def _packs(self, query, key, value):
         """Can q, k, v come from ONE packed product? Self-attention (one tensor for all three) with separate W_q,
         W_k, W_v, as many K/V heads as query heads, and nothing applied to q, k between the projection and the
-        scores (no q/k norm, no rotation)."""
-        return (query is key is value and self.W_k is not None and self.num_kv_heads == self.num_heads
-                and self.q_norm is None and not self.rope)
+        scores (no q/k norm, no rotation); and W_q, W_k, W_v still the layer's own kind: plain (E, E) Linears
+        (``is_plain_linear``: a module put in their place keeps its forward), of one dtype, all with a bias or none."""
+        if not (query is key is value and self.W_k is not None and self.num_kv_heads == self.num_heads
+                and self.q_norm is None and not self.rope):
+            return False
+        projections = (self.W_q, self.W_k, self.W_v)
+        return (all(is_plain_linear(m) and m.weight.shape == (self.embed_dim, self.embed_dim) for m in projections)
+                and len({(m.weight.dtype, m.bias is None) for m in projections}) == 1)
 
     def _packed_self_attention(self, x, mask, bias):
         """``forward``'s self-attention with ONE q/k/v product: W_q, W_k, W_v stacked into a (3E, E) weight, the
-        heads split out of its (B, L, 3E) output as views (DESIGN §4b). The same values, random draws and attention
-        weights as the three-product path."""
+        heads split out of its (B, L, 3E) output as views (DESIGN §4b). The values and attention weights of the
+        three-product path up to rounding, and the same random draws."""
         batch, length = x.shape[0], x.shape[1]
         weight = ops.concatenate([self.W_q.weight, self.W_k.weight, self.W_v.weight], axis=0)   # (3E, E)
         bias_qkv = (None if self.W_q.bias is None else

@@ -165,6 +165,13 @@ class PositionalEncoding(Module):
         return f"{self.embed_dim}, max_len={self.max_len}"
 
 
+def is_plain_linear(module):
+    """True for a Linear as this library makes it — not a subclass, no ``forward`` set on the instance — whose
+    forward is exactly ``F.linear(x, weight, bias)``. The fused paths that read a Linear's weight and bias directly
+    (Linear + ReLU, the packed q/k/v product) take only such a Linear: any other would have its forward skipped."""
+    return type(module) is Linear and "forward" not in vars(module)
+
+
 class PositionWiseFFN(Module):
     """The Transformer's feed-forward sublayer, applied to every position alike: W_2 relu(W_1 x + b_1) + b_2.
 
@@ -181,7 +188,7 @@ class PositionWiseFFN(Module):
 
     def forward(self, x):
         """x (..., d) → (..., d)."""
-        if type(self.dense1) is Linear:                                    # the product and the ReLU in one node
+        if is_plain_linear(self.dense1):                                   # the product and the ReLU in one node
             hidden = F.linear_relu(x, self.dense1.weight, self.dense1.bias)  # (..., ffn_hidden)  relu(W_1 x + b_1)
         else:                                                              # a module put in its place: its forward
             hidden = self.dense1(x).relu()                                 # (..., ffn_hidden)

@@ -345,3 +345,14 @@ def test_ffn_calls_a_module_put_in_place_of_dense1():
     expected = ffn.dense2((F.linear(x, shifted.weight, shifted.bias) + 1.0).relu()).data
     np.testing.assert_allclose(ffn(x).data, expected, rtol=1e-12, atol=1e-12)
     assert np.abs(ffn(x).data - plain).max() > 1e-3
+
+
+def test_ffn_calls_a_forward_set_on_the_instance_of_dense1():
+    """A forward set on the dense1 instance (a patch, a hook) is called too: the fused path is for a plain Linear."""
+    manual_seed(0)
+    ffn = PositionWiseFFN(4, 6, dtype="float64")
+    x = Tensor(np.random.default_rng(2).standard_normal((2, 3, 4)))
+    real = ffn.dense1.forward
+    ffn.dense1.forward = lambda t: real(t) - 0.5
+    expected = ffn.dense2((F.linear(x, ffn.dense1.weight, ffn.dense1.bias) - 0.5).relu()).data
+    np.testing.assert_allclose(ffn(x).data, expected, rtol=1e-12, atol=1e-12)

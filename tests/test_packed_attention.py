@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from autograd import Tensor, backend, gradcheck, manual_seed
-from minattn import GPT, KVCache, MultiHeadAttention, no_grad
+from minattn import GPT, KVCache, Linear, MultiHeadAttention, no_grad
 from minattn import functional as F
 from minattn.fused.packed_attention import (PackedSelfAttentionFunction, join_heads, packed_self_attention_reference,
                                             split_heads)
@@ -399,6 +399,65 @@ def test_packs_only_for_plain_self_attention(rng, packed_calls, case):
     assert np.isfinite(host(out)).all() and np.isfinite(host(x.grad)).all()
     layer(x, twin, twin, is_causal=True)                                       # equal data is not the same tensor
     assert packed_calls == ([layer] if packs else [])
+
+
+class _Shifted(Linear):
+    """A Linear whose forward adds 1: a module a user put in place of a projection."""
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias) + 1.0
+
+
+def _replace_w_v(layer):
+    shifted = _Shifted(8, 8, dtype="float64")
+    shifted.weight, shifted.bias = layer.W_v.weight, layer.W_v.bias
+    layer.W_v = shifted
+
+
+def _patch_w_q_forward(layer):
+    real = layer.W_q.forward
+    layer.W_q.forward = lambda x: real(x) * 2.0                              # set on the instance
+
+
+def _give_w_v_a_bias(layer):                                                  # a layer made with bias=False
+    layer.W_v = Linear(8, 8, dtype="float64")
+
+
+def _drop_w_k_bias(layer):                                                    # a layer made with biases
+    layer.W_k = Linear(8, 8, bias=False, dtype="float64")
+
+
+def _w_v_in_float32(layer):                                                        # a float32 W_v in a float64 layer
+    layer.W_v = Linear(8, 8, dtype="float32")
+
+
+REPLACED = {"W_v a Linear subclass": (dict(), _replace_w_v),
+            "W_q.forward set on the instance": (dict(), _patch_w_q_forward),
+            "bias=False, then a W_v with a bias": (dict(bias=False), _give_w_v_a_bias),
+            "biases, then a W_k without": (dict(), _drop_w_k_bias)}
+
+
+@pytest.mark.parametrize("case", list(REPLACED))
+def test_replaced_projections_never_pack_and_keep_their_forward(rng, packed_calls, case):
+    """A projection put in place of W_q, W_k or W_v (another kind, another forward, a bias where the others have none
+    or the reverse) turns the packed path off: the call equals the three-product path, the new forward included."""
+    options, replace = REPLACED[case]
+    manual_seed(7)
+    layer = MultiHeadAttention(8, 2, dtype="float64", **options)
+    replace(layer)
+    x = t64(rng.standard_normal((2, 5, 8)))
+    assert not layer._packs(x, x, x)
+    out = layer(x, x, x, is_causal=True)
+    assert packed_calls == []
+    twin = t64(host(x))
+    np.testing.assert_array_equal(host(out), host(layer(x, twin, twin, is_causal=True)))
+
+
+def test_projection_of_another_dtype_never_packs(rng, packed_calls):
+    layer = MultiHeadAttention(8, 2, dtype="float64")
+    _w_v_in_float32(layer)
+    x = t64(rng.standard_normal((2, 5, 8)))
+    assert not layer._packs(x, x, x)
 
 
 def test_cross_attention_never_packs(rng, packed_calls):

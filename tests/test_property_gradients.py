@@ -350,7 +350,6 @@ def test_linear_function(lead, in_features, out_features, with_bias, data, seed)
                 requires, seed)
 
 
-
 @CHEAP
 @given(hnp.array_shapes(min_dims=0, max_dims=2, **SIDE), st.integers(1, 3), st.integers(1, 3), st.booleans(),
        st.data(), SEEDS)

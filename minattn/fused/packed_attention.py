@@ -27,7 +27,7 @@ class PackedSelfAttentionFunction(Function):
 
     Input:    qkv = X W_qkvᵀ + b_qkv, the packed projection (MultiHeadAttention stacks W_q, W_k, W_v into W_qkv)
     Forward:  Q, K, V = split_heads(qkv)                 each (B, h, L, d): views, no copy
-              O_h = softmax(Q_h K_hᵀ · scale + bias, masked) (V_h ∘ …)    ScaledDotProductAttentionFunction's forward
+              P_h = softmax(Q_h K_hᵀ · scale + bias, masked),  O_h = (P_h ∘ D_h) V_h    (D: dropout multiplier or 1)
               O = [O_1 | … | O_h]                          (B, L, h·d)
     Backward: dO_h = the h-th slice of dO                 (a view)
               dQ, dK, dV = ScaledDotProductAttentionFunction's backward (see there for the formulas)
