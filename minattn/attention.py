@@ -216,7 +216,7 @@ class MultiHeadAttention(Module):
         if self.alibi:
             slopes = masks.alibi_bias(self.num_heads, num_queries, num_keys, query.dtype)   # (h, L, S)
             bias = slopes if bias is None else bias + slopes                              # (B | 1, h, L, S)
-        if self._packs(query, key, value) and not flash:
+        if self._packs(query, key, value):
             return self._packed_self_attention(query, mask, bias)    # (B, L, E)
         q = transpose_qkv(self.W_q(query), self.num_heads)             # (B, h, L, d_h)
         W_k = self.W_q if self.W_k is None else self.W_k               # tied Q/K: the same projection
@@ -244,12 +244,13 @@ class MultiHeadAttention(Module):
         return self.W_o(transpose_output(out))                         # (B, L, E)
 
     def _packs(self, query, key, value):
-        """Can q, k, v come from ONE packed product? Self-attention (one tensor for all three) with separate W_q,
-        W_k, W_v, as many K/V heads as query heads, and nothing applied to q, k between the projection and the
-        scores (no q/k norm, no rotation); and W_q, W_k, W_v still the layer's own kind: plain (E, E) Linears
-        (``is_plain_linear``: a module put in their place keeps its forward), of one dtype, all with a bias or none."""
-        if not (query is key is value and self.W_k is not None and self.num_kv_heads == self.num_heads
-                and self.q_norm is None and not self.rope):
+        """Can q, k, v come from ONE packed product? Dense self-attention (one tensor for all three; flash keeps its
+        own path) with separate W_q, W_k, W_v, as many K/V heads as query heads, and nothing applied to q, k between
+        the projection and the scores (no q/k norm, no rotation); and W_q, W_k, W_v still the layer's own kind: plain
+        (E, E) Linears (``is_plain_linear``: a module put in their place keeps its forward), of one dtype, all with a
+        bias or none."""
+        if not (query is key is value and self.attn_impl == "dense" and self.W_k is not None
+                and self.num_kv_heads == self.num_heads and self.q_norm is None and not self.rope):
             return False
         projections = (self.W_q, self.W_k, self.W_v)
         return (all(is_plain_linear(m) and m.weight.shape == (self.embed_dim, self.embed_dim) for m in projections)
