@@ -212,10 +212,10 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduct
         checks.fail("target", f"{logits.shape[:1] + logits.shape[2:]} to match logits (N, C, ...) of shape "
                     f"{logits.shape}", target, where)
     num_classes = logits.shape[1]
-    kept = target[target != ignore_index]
-    if kept.size and (int(kept.min()) < 0 or int(kept.max()) >= num_classes):
+    out_of_range = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+    if target.size and bool(out_of_range.any()):          # one read of the device, as checks.int_ids
         checks.fail("target", f"class ids in [0, {num_classes}) or ignore_index={ignore_index}", target, where,
-                    received=checks.values_text(kept))
+                    received=checks.values_text(target[target != ignore_index]))
     out_shape = target.shape
     if logits.ndim > 2:   # classes last, then one row per position
         logits = ops.permute(logits, (0,) + tuple(range(2, logits.ndim)) + (1,)).reshape(-1, num_classes)
