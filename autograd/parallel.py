@@ -30,6 +30,11 @@ not the whole), which holds the peak memory of plain, textbook formulas near tha
 When: the work is estimated from the arrays (``work``). Below MIN_WORK the function runs once, on the whole arrays,
 with nothing added (handing a chunk to a thread costs ~20-40 µs). Above it, the batch is cut into chunks of about
 CHUNK_WORK, a multiple of the thread count when the batch allows, and ``get_num_threads()`` threads take them in turn.
+A row-wise op (``core_ndim`` ≤ 1: Linear, LayerNorm, cross-entropy) above MIN_WORK is cut only while the last matrix
+op (attention) was: a model whose attention runs whole keeps its Linears whole too, on the BLAS's own threads, since
+mixing BLAS-threaded products with our threads makes each wait on the other's spinning workers. This one piece of
+state (``_matrix_ops_chunked``) means the same row-wise call may run cut or whole after different models' attention;
+the result is the same up to the order of the summed gradients' additions.
 
 The BLAS: while a fused op runs, NumPy's BLAS is held to ONE thread (threadpoolctl), then given back its own count
 — minattn's threads are all the threads it computes on, so 2 chunks never fight 2 BLAS threads for 2 cores. Nothing
@@ -292,6 +297,7 @@ def map_batch(fn, *arrays, core_ndim=2, grads_for=None, one_chunk_per_thread=Fal
         one_chunk_per_thread: for a matrix op whose temporaries are small anyway (flash attention's tiles): as
             few chunks as threads, as for a row-wise op, instead of chunks of CHUNK_WORK.
         whole: keyword arguments given whole to every chunk.
+    A row-wise op is cut only while the last matrix op was (the module docstring's "When").
     """
     global _matrix_ops_chunked
     cores = core_ndim if isinstance(core_ndim, tuple) else (core_ndim,) * len(arrays)
