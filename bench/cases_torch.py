@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.nn import functional as TF
 
-from minattn.interop import TorchGPT
 
 
 def _leaf(gen, *shape):
@@ -158,34 +157,14 @@ def copy_step(args, batch, positions, seed=0):
     return run
 
 
-def init_gpt2_(model, std=0.02):
-    """GPT-2's initialisation of an interop.TorchGPT, as minattn.GPT(init="gpt2"): weights N(0, std²), the residual
-    branches' last projections (attention's out_proj, the FFN's dense2) N(0, (std/√(2N))²), biases 0, LayerNorms 1
-    and 0."""
-    residual_ends = {id(block.attention.out_proj.weight) for block in model.blocks} | \
-        {id(block.ffn.dense2.weight) for block in model.blocks}
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.LayerNorm):
-                continue
-            for name, p in module.named_parameters(recurse=False):
-                if "bias" in name:
-                    p.zero_()
-                else:
-                    p.normal_(0.0, std / (2 * len(model.blocks)) ** 0.5 if id(p) in residual_ends else std)
-
-
-def char_lm_trainer(config, seed=0):
-    """(step(x, y), val_loss(batches), num_parameters) for minattn's GPT in PyTorch (interop.TorchGPT: learned
-    positions, pre-LN blocks of causal nn.MultiheadAttention, a ReLU FFN of 4d, tied output) initialised as
-    config["init"] says, with Adam (β₂ = config["beta2"]), the learning rate ``config["lr_at"](t)`` at step t and
-    clipping at 1, as demos.char_lm."""
-    torch.manual_seed(seed)
-    model = TorchGPT(config["vocab_size"], config["block_size"], config["embed_dim"], config["num_heads"],
-                     config["layers"]).train()
-    if config["init"] == "gpt2":
-        init_gpt2_(model)
-    optimizer = torch.optim.Adam(model.parameters(), betas=(0.9, config["beta2"]))
+def char_lm_trainer(model, beta2, lr_at):
+    """(step(x, y), val_loss(batches), num_parameters) for a PyTorch model of demos.char_lm's GPT — the demo's own
+    model converted by ``interop.to_torch`` (an interop.TorchGPT: pre-LN blocks of causal nn.MultiheadAttention, a
+    ReLU FFN, tied output; the same weights to start from) — trained with Adam (β₂ = ``beta2``), the learning rate
+    ``lr_at(t)`` at step t and clipping at 1, as demos.char_lm."""
+    model.train()
+    vocab_size = model.token_embedding.num_embeddings
+    optimizer = torch.optim.Adam(model.parameters(), betas=(0.9, beta2))
     steps_taken = [0]
 
     def step(x, y):
@@ -196,13 +175,13 @@ def char_lm_trainer(config, seed=0):
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         steps_taken[0] += 1
         for group in optimizer.param_groups:
-            group["lr"] = config["lr_at"](steps_taken[0])
+            group["lr"] = lr_at(steps_taken[0])
         optimizer.step()
 
     def val_loss(batches):
         model.eval()
         with torch.no_grad():
-            losses = [TF.cross_entropy(model(torch.as_tensor(x)).reshape(-1, config["vocab_size"]),
+            losses = [TF.cross_entropy(model(torch.as_tensor(x)).reshape(-1, vocab_size),
                                        torch.as_tensor(y).reshape(-1)).item() for x, y in batches]
         model.train()
         return float(np.mean(losses))

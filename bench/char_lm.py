@@ -2,7 +2,8 @@
 configuration (nanoGPT's baby GPT: 4 layers, 4 heads, width 128, block 64, batch 12; Adam with β₂ 0.99 and the
 demo's cosine learning rate, step for step), the same batches of the default corpus in the same order, timed in
 alternating blocks of 25 steps; then the validation loss of both on the same fixed batches after the same number of
-steps (their initial weights differ: different random streams)."""
+steps. Both start from the same weights: the PyTorch model is the demo's minattn model converted by
+``interop.to_torch`` before either trains."""
 import statistics
 import time
 
@@ -29,10 +30,11 @@ def measure(torch_cases, steps):
                                 args.block_size) for _ in range(steps)]
     manual_seed(0)
     model, optimizer, schedule = char_lm.build(args, len(chars))          # the demo's model and recipe
-    config = {"vocab_size": len(chars), "block_size": args.block_size, "embed_dim": args.embed_dim,
-              "num_heads": args.num_heads, "layers": args.layers, "init": args.init, "beta2": args.beta2,
-              "lr_at": schedule.lr_at}                         # the same learning rate at every step, both sides
-    torch_step, torch_val, torch_parameters = torch_cases.char_lm_trainer(config) if torch_cases else (None,) * 3
+    torch_step, torch_val, torch_parameters = (None,) * 3
+    if torch_cases:                                             # the same model, weights and learning rate at every
+        from minattn import interop                             # step in PyTorch (interop imports torch)
+        torch_step, torch_val, torch_parameters = torch_cases.char_lm_trainer(interop.to_torch(model), args.beta2,
+                                                                              schedule.lr_at)
     ours, theirs = [], []
     for first in range(0, steps, BLOCK):                        # blocks of steps, taking turns, with a pause between
         for x, y in batches[first:first + BLOCK]:               # (call by call, each library's spinning worker
