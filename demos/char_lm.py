@@ -32,7 +32,7 @@ from demos.cli import positive_int
 from demos.next_token import train_next_token
 from minattn import GPT, Adam, CosineSchedule, Tensor, checkpoint, manual_seed, no_grad
 from minattn import functional as F
-from minattn.gpt import INITS, POSITIONS
+from minattn.gpt import INITS, POSITIONS, check_sampling
 
 
 def parse_args(argv=None):
@@ -81,6 +81,10 @@ def parse_args(argv=None):
         p.error(f"--warmup-steps {args.warmup_steps} must be >= 0 and below --lr-decay-steps {args.lr_decay_steps}")
     if args.embed_dim % args.num_heads:
         p.error(f"--embed-dim {args.embed_dim} must be divisible by --num-heads {args.num_heads}")
+    try:                                                    # now, not after the training run that samples at its end
+        check_sampling(args.temperature, args.top_k, args.top_p, "demos.char_lm")
+    except (TypeError, ValueError) as err:
+        p.error(str(err))
     return args
 
 
@@ -201,6 +205,8 @@ def main(argv=None):
     tokens_per_step = args.batch_size * args.block_size
 
     def show(loss):                                         # the bar: loss every 10 steps (a sync on CuPy)
+        if bar.disable:                                     # --no-progress: no bar to show it on, no sync
+            return
         bar.update(1)
         if bar.n % 10 == 0:
             rate = bar.format_dict.get("rate") or 0.0
