@@ -150,9 +150,9 @@ class GPT(Module):
         temperature: divides the logits; 0 = greedy (argmax). top_k: sample among the k most likely tokens only.
         top_p: among the smallest set of tokens whose probabilities reach p (nucleus sampling, Holtzman et al.
         2020). seed: a host random stream of its own, so the same seed gives the same tokens (None: unseeded).
-        With learned or sinusoidal positions the model reads at most max_len tokens: when the sequence reaches it,
-        the context is cropped to its last max_len − 1 tokens and the cache refilled from them (nanoGPT crops the
-        same way). Runs in eval mode, under no_grad, and restores the mode. Raises ValueError for a bad argument.
+        With learned or sinusoidal positions the model reads at most max_len tokens: a longer prompt is read from its
+        last max_len (and returned whole), and when the sequence reaches max_len the context is cropped to its last
+        max_len − 1 tokens (1 when max_len = 1) and the cache refilled from them (nanoGPT crops the same way). Runs in eval mode, under no_grad, and restores the mode. Raises ValueError for a bad argument.
         """
         where = "GPT.generate"
         ids = checks.int_ids("idx", idx, self.vocab_size, where)
@@ -162,25 +162,28 @@ class GPT(Module):
         temperature, top_k, top_p = check_sampling(temperature, top_k, top_p, where)
         seed = None if seed is None else checks.nonnegative_int("seed", seed, where)
         bounded = self.positions in ("learned", "sinusoidal")                    # a table of max_len positions
+        tokens = backend.to_numpy(ids)                                               # (B, T) host: all of it returned
         if bounded and ids.shape[1] > self.max_len:
-            ids = ids[:, -self.max_len:]
+            ids = ids[:, -self.max_len:]                                             # what the model reads of it
         room = self.max_len if bounded else ids.shape[1] + max_new_tokens          # the caches' positions
+        keep = max(room - 1, 1)                                                      # tokens kept by a refill
         rng = backend.new_host_rng(seed)
         was_training = self.training
         self.eval()
         try:
             with no_grad():
-                tokens = backend.to_numpy(ids)                                       # (B, T) host
                 caches = [KVCache(room) for _ in self.blocks]
                 logits = self(Tensor(ids), caches)                                   # (B, T, V): the prompt
-                for _ in range(max_new_tokens):
+                for step in range(max_new_tokens):
                     nxt = sample(backend.to_numpy(logits.data[:, -1]), temperature, top_k, top_p, rng)   # (B,)
                     tokens = backend.host.concatenate([tokens, nxt[:, None]], axis=1)
+                    if step == max_new_tokens - 1:                                     # the last: nothing to predict
+                        break
                     if caches[0].position < room:
                         logits = self(Tensor(backend.asarray(nxt[:, None])), caches)   # (B, 1, V): one token
                     else:                                                              # full: crop and refill
                         caches = [KVCache(room) for _ in self.blocks]
-                        logits = self(Tensor(backend.asarray(tokens[:, -(room - 1):])), caches)
+                        logits = self(Tensor(backend.asarray(tokens[:, -keep:])), caches)
         finally:
             self.train(was_training)
         return tokens

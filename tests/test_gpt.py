@@ -121,6 +121,38 @@ def test_generation_past_max_len_crops_the_context(rng):
     np.testing.assert_array_equal(generated, sequence)
 
 
+def test_a_prompt_longer_than_max_len_is_read_from_its_end_and_returned_whole(rng):
+    """max_len = 8 and a prompt of 10: the model reads its last 8 tokens (each new token the greedy argmax of a full
+    forward on the last 8 — fewer once a refill keeps 7), and the result is (B, 10 + new), the prompt untouched."""
+    manual_seed(1)
+    model = GPT(11, 8, embed_dim=16, num_heads=4, num_layers=1, dtype="float64")
+    ids = _ids(rng, (2, 10))
+    generated = model.generate(backend.asarray(ids), 3, temperature=0)
+    assert generated.shape == (2, 13)
+    np.testing.assert_array_equal(generated[:, :10], ids)
+    sequence, start = ids.copy(), 2
+    with no_grad():
+        for _ in range(3):
+            if sequence.shape[1] - start > 8:
+                start = sequence.shape[1] - 7
+            logits = host(model(Tensor(backend.asarray(sequence[:, start:]))))
+            sequence = np.concatenate([sequence, logits[:, -1].argmax(-1)[:, None]], axis=1)
+    np.testing.assert_array_equal(generated, sequence)
+
+
+def test_generation_with_max_len_1_reads_one_token_at_a_time(rng):
+    """max_len = 1: every new token is the argmax given the previous token alone."""
+    manual_seed(2)
+    model = GPT(11, 1, embed_dim=8, num_heads=2, num_layers=1, dtype="float64")
+    ids = _ids(rng, (2, 1))
+    generated = model.generate(backend.asarray(ids), 4, temperature=0)
+    assert generated.shape == (2, 5)
+    with no_grad():
+        for t in range(4):
+            logits = host(model(Tensor(backend.asarray(generated[:, t:t + 1]))))
+            np.testing.assert_array_equal(generated[:, t + 1], logits[:, -1].argmax(-1))
+
+
 def test_gpt2_init_draws_the_papers_standard_deviations():
     """init="gpt2": weights ~ N(0, 0.02²); W_o and the FFN's second Linear ~ N(0, (0.02/√(2N))²) with N = 4 blocks;
     biases 0; LayerNorms γ = 1, β = 0; the same seed gives the same weights. (Sample sizes ≥ 16,384: the standard
