@@ -152,7 +152,8 @@ class GPT(Module):
         2020). seed: a host random stream of its own, so the same seed gives the same tokens (None: unseeded).
         With learned or sinusoidal positions the model reads at most max_len tokens: a longer prompt is read from its
         last max_len (and returned whole), and when the sequence reaches max_len the context is cropped to its last
-        max_len − 1 tokens (1 when max_len = 1) and the cache refilled from them (nanoGPT crops the same way). Runs in eval mode, under no_grad, and restores the mode. Raises ValueError for a bad argument.
+        max_len − 1 tokens (1 when max_len = 1) and the cache refilled from them (nanoGPT crops the same way).
+        Runs in eval mode, under no_grad, and restores the mode. Raises TypeError / ValueError naming a bad argument.
         """
         where = "GPT.generate"
         ids = checks.int_ids("idx", idx, self.vocab_size, where)
