@@ -49,8 +49,9 @@ class KVCache:
     def append(self, k, v):
         """Write k, v (B, h_kv, t, d_h) at positions length … length + t − 1; return all keys and values so far.
 
-        Raises ValueError when they would not fit in max_len, or do not match what the cache holds (shapes and
-        dtypes of both, k and v of one batch, heads and length), before anything is written.
+        Raises TypeError for a k or v that is not an array; ValueError when they would not fit in max_len, or do not
+        match what the cache holds (shapes and dtypes of both, k and v of one batch, heads and length), before
+        anything is written.
         """
         where = "KVCache.append"
         for name, a in (("k", k), ("v", v)):

@@ -15,8 +15,7 @@ from autograd.tensor import Tensor, no_grad
 from minattn.attention import MultiHeadAttention
 from minattn.cache import KVCache
 from minattn.talking_heads import TalkingHeadsAttention
-from minattn.layers import (Dropout, Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN, check_ffn,
-                            parameter_dtype)
+from minattn.layers import Dropout, Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN, check_ffn
 from minattn.module import Module, ModuleList
 
 
@@ -161,7 +160,6 @@ class Transformer(Module):
                             ("max_len", max_len)):
             checks.positive_int(name, value, where)
         check_block(embed_dim, num_heads, ffn_hidden, dropout, norm_first, dtype, attention, attention_options, where)
-        parameter_dtype(dtype, where)
         self.embed_dim = embed_dim
         self.src_embedding = Embedding(src_vocab_size, embed_dim, dtype=dtype)
         self.tgt_embedding = Embedding(tgt_vocab_size, embed_dim, dtype=dtype)
