@@ -79,3 +79,25 @@ class KVCache:
     def reset(self):
         """Forget every position (the arrays are kept for the next sequence)."""
         self.length = self.position = 0
+
+
+def check_caches(caches, count, expected, where, pairs=False):
+    """The position of ``caches``: a list (or tuple) of ``count`` KVCaches, one per block — or, with ``pairs``, of
+    ``count`` (self, cross) pairs of them — whose (self-attention) caches all stand at one position, the one the new
+    tokens start from. ``expected`` words the list for the error. TypeError / ValueError naming the entry otherwise
+    (GPT.forward, Transformer.decode)."""
+    checks.instance("caches", caches, (list, tuple), expected, where)
+    if len(caches) != count:
+        checks.fail("caches", expected, caches, where)
+    for i, entry in enumerate(caches):
+        if not pairs:
+            checks.instance(f"caches[{i}]", entry, KVCache, "a KVCache", where)
+        elif not (isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(c, KVCache) for c in entry)):
+            checks.fail(f"caches[{i}]", "a (self, cross) pair of KVCaches", entry, where, TypeError)
+    own = [entry[0] for entry in caches] if pairs else list(caches)            # the caches the positions count in
+    for i, cache in enumerate(own):
+        if cache.position != own[0].position:
+            name, first = (f"caches[{i}][0]", "caches[0][0]") if pairs else (f"caches[{i}]", "caches[0]")
+            checks.fail(name, f"at {first}'s position {own[0].position}", cache, where,
+                        received=f"a cache at position {cache.position}")
+    return own[0].position if own else 0

@@ -15,7 +15,7 @@ from autograd.grad_mode import no_grad
 from autograd.tensor import Tensor
 from minattn import functional as F
 from minattn.attention import MultiHeadAttention
-from minattn.cache import KVCache
+from minattn.cache import KVCache, check_caches
 from minattn.layers import Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN, check_ffn
 from minattn.module import Module, ModuleList
 
@@ -114,17 +114,8 @@ class GPT(Module):
         ids (B, T) in the vocabulary, T within the position table (learned, sinusoidal), one cache per block."""
         where = "GPT"
         ids = checks.int_ids("ids", ids, self.vocab_size, where)
-        if caches is not None:
-            expected = f"a list of {len(self.blocks)} KVCaches, one per block"
-            checks.instance("caches", caches, (list, tuple), expected, where)
-            if len(caches) != len(self.blocks):
-                checks.fail("caches", expected, caches, where)
-            for i, cache in enumerate(caches):
-                checks.instance(f"caches[{i}]", cache, KVCache, "a KVCache", where)
-                if cache.position != caches[0].position:
-                    checks.fail(f"caches[{i}]", f"at caches[0]'s position {caches[0].position}", cache, where,
-                                received=f"a cache at position {cache.position}")
-        offset = 0 if caches is None else caches[0].position
+        offset = 0 if caches is None else check_caches(caches, len(self.blocks),
+                                                        f"a list of {len(self.blocks)} KVCaches, one per block", where)
         bounded = self.positions in ("learned", "sinusoidal")
         if ids.ndim != 2 or (bounded and offset + ids.shape[1] > self.max_len):
             checks.fail("ids", f"(batch, T <= {self.max_len - offset if bounded else 'any'}) token ids"

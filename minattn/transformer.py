@@ -13,7 +13,7 @@ from autograd import backend, checks
 from autograd.backend import xp
 from autograd.tensor import Tensor, no_grad
 from minattn.attention import MultiHeadAttention
-from minattn.cache import KVCache
+from minattn.cache import KVCache, check_caches
 from minattn.talking_heads import TalkingHeadsAttention
 from minattn.layers import Dropout, Embedding, LayerNorm, Linear, PositionalEncoding, PositionWiseFFN, check_ffn
 from minattn.module import Module, ModuleList
@@ -208,16 +208,9 @@ class Transformer(Module):
         if memory.dtype != self.output.weight.dtype:
             checks.fail("memory", f"of dtype {self.output.weight.dtype} (the parameters'; cast explicitly)", memory,
                         where, TypeError)
-        if caches is not None:
-            expected = f"a list of {len(self.decoder_blocks)} (self, cross) KVCache pairs, one per decoder block"
-            checks.instance("caches", caches, (list, tuple), expected, where)
-            if len(caches) != len(self.decoder_blocks):
-                checks.fail("caches", expected, caches, where)
-            for i, pair in enumerate(caches):
-                if not (isinstance(pair, (list, tuple)) and len(pair) == 2
-                        and all(isinstance(c, KVCache) for c in pair)):
-                    checks.fail(f"caches[{i}]", "a (self, cross) pair of KVCaches", pair, where, TypeError)
-        offset = 0 if caches is None else caches[0][0].position
+        count = len(self.decoder_blocks)
+        offset = 0 if caches is None else check_caches(
+            caches, count, f"a list of {count} (self, cross) KVCache pairs, one per decoder block", where, pairs=True)
         tgt_in = self._checked_tgt(where, tgt_in, memory.shape[0], offset)
         for own, _ in caches or ():
             own.check_room("tgt_in", tgt_in.shape[1], where)              # every block's, before block 0 writes

@@ -89,6 +89,24 @@ def test_decode_logits_step_by_step_equal_the_full_decode(rng):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, **TIGHT)
 
 
+def test_decode_refuses_self_caches_at_different_positions(rng):
+    """Each block's self-attention counts its own cache's position: caches that disagree would give wrong masks
+    silently. Transformer.decode refuses them by name, as GPT.forward does, with no cache written."""
+    model = _trained_looking_model()
+    batch = tasks.make_batch(rng, 2, 12, 2, 9)
+    src, lens = Tensor(backend.asarray(batch.src)), backend.asarray(batch.src_valid_lens)
+    tgt = backend.asarray(batch.tgt_in)
+    model.eval()
+    with no_grad():
+        memory = model.encode(src, lens)
+        caches = [(KVCache(10), KVCache(memory.shape[1], static=True)) for _ in model.decoder_blocks]
+        model.decode(Tensor(tgt[:, :1]), memory, lens, caches[:1] + [caches[1]])          # both at position 1
+        caches[1] = (KVCache(10), KVCache(memory.shape[1], static=True))                  # block 1's at 0
+        with pytest.raises(ValueError, match=r"caches\[1\]\[0\] must be at caches\[0\]\[0\]'s position 1"):
+            model.decode(Tensor(tgt[:, 1:2]), memory, lens, caches)
+        assert [own.position for own, _ in caches] == [1, 0]
+
+
 def test_cache_errors(rng):
     """A cache while gradients are recorded (its contents would get none): RuntimeError; an attn_mask with a cache,
     or more positions than max_len: ValueError naming what is wrong."""
