@@ -30,10 +30,7 @@ def _binary(function, a, b):
 
 def _check_broadcast(where, a, b):
     """ValueError in the checks' format when the shapes of ``a`` and ``b`` do not broadcast (NumPy's rule)."""
-    try:
-        backend.broadcast_shape(a.shape, b.shape)
-    except ValueError:
-        checks.fail("b", f"broadcastable with a of shape {a.shape}", b, where)
+    checks.broadcastable("b", (a.shape, b.shape), f"broadcastable with a of shape {a.shape}", b, where)
 
 
 def add(a, b):
@@ -183,11 +180,8 @@ def where(condition, a, b):
     else:
         b = b if isinstance(b, Tensor) else Tensor(as_data(b))
         a = lift(a, b)
-    try:
-        backend.broadcast_shape(condition.shape, a.shape, b.shape)
-    except ValueError:
-        checks.fail("condition, a, b", "shapes that broadcast together", condition, "where",
-                    received=f"shapes {condition.shape}, {a.shape}, {b.shape}")
+    checks.broadcastable("condition, a, b", (condition.shape, a.shape, b.shape), "shapes that broadcast together",
+                         condition, "where", received=f"shapes {condition.shape}, {a.shape}, {b.shape}")
     return Where.apply(a, b, condition=condition)
 
 
@@ -210,10 +204,8 @@ def matmul(a, b):
     if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
         checks.fail("b", f"(..., {a.shape[-1]}, m) or ({a.shape[-1]},) to match a of shape {a.shape}", b, "matmul")
     if a.ndim > 2 and b.ndim > 2:
-        try:
-            backend.broadcast_shape(a.shape[:-2], b.shape[:-2])
-        except ValueError:
-            checks.fail("b", f"batch axes that broadcast with a's {a.shape[:-2]}", b, "matmul")
+        checks.broadcastable("b", (a.shape[:-2], b.shape[:-2]), f"batch axes that broadcast with a's {a.shape[:-2]}",
+                             b, "matmul")
     if a.ndim == 1:
         return reshape(matmul(reshape(a, (1, -1)), b), b.shape[:-2] + b.shape[-1:] if b.ndim > 1 else ())
     if b.ndim == 1:

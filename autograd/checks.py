@@ -25,8 +25,9 @@ The vocabulary:
 
     numbers          integer, positive_int, nonnegative_int, real, finite_float, nonnegative_float, positive_float,
                      probability, number, boolean, one_of, pair, instance, dtype, floating_dtype
-    axes and shapes  axis, axes, permutation, shape
-    arrays           tensor, integer_array, int_ids (ids in [0, size)), lengths (d2l's valid_lens)
+    axes and shapes  axis, axes, permutation, shape, broadcastable
+    arrays           tensor, matching_dtype, sequences ((batch, length, features) tensors), integer_array,
+                     int_ids (ids in [0, size)), lengths (d2l's valid_lens)
     messages         fail (the one format), describe, values_text; is_int, is_real (tests without raising)
 
 This module knows numbers, arrays and tensors, nothing of attention: minattn builds its own checks (valid lengths,
@@ -287,6 +288,15 @@ def shape(name, value, size=None, where=None):
     return entries
 
 
+def broadcastable(name, shapes, expected, value, where=None, received=None):
+    """The NumPy broadcast of ``shapes`` (tuples); ValueError in the one format (``name`` must be ``expected``, got
+    ``received`` or ``value`` described) when they do not broadcast: NumPy's own message names no argument."""
+    try:
+        return backend.broadcast_shape(*shapes)
+    except ValueError:
+        fail(name, expected, value, where, received=received)
+
+
 # --- tensors and integer arrays --------------------------------------------------------------------------------------
 def tensor(name, value, where=None, floating=False):
     """``value``, after checking it is a Tensor (and, with ``floating``, of a floating dtype); TypeError otherwise.
@@ -297,6 +307,26 @@ def tensor(name, value, where=None, floating=False):
         fail(name, "a floating minattn Tensor" if floating else "a minattn Tensor", value, where, TypeError)
     if floating and not backend.is_floating(value.dtype):
         fail(name, "a floating minattn Tensor", value, where, TypeError)
+    return value
+
+
+def matching_dtype(name, value, dtype, whose, where=None):
+    """``value`` (a Tensor or array), after checking its dtype is ``dtype``; ``whose`` says where that dtype comes
+    from ("weight's", "query's", "the parameters'"). TypeError otherwise: nothing is cast silently."""
+    if value.dtype != dtype:
+        fail(name, f"of {whose} dtype {backend.dtype_of(dtype)} (cast one explicitly)", value, where, TypeError)
+    return value
+
+
+def sequences(name, value, features=None, dtype=None, whose="the parameters'", where=None):
+    """``value``, after checking it is a floating Tensor (batch, length, features) — any feature size when
+    ``features`` is None — of ``dtype`` when one is given (``matching_dtype``, with ``whose``). TypeError for another
+    kind or dtype, ValueError for another shape."""
+    tensor(name, value, where, floating=True)
+    if value.ndim != 3 or (features is not None and value.shape[-1] != features):
+        fail(name, f"(batch, length, {'features' if features is None else features})", value, where)
+    if dtype is not None:
+        matching_dtype(name, value, dtype, whose, where)
     return value
 
 

@@ -98,13 +98,9 @@ class AdditiveAttention(Module):
     def _check(self, queries, keys, values):
         """TypeError / ValueError naming the argument, before any arithmetic."""
         where, dtype = "AdditiveAttention", self.W_q.weight.dtype
-        for name, t, last in (("queries", queries, self.query_size), ("keys", keys, self.key_size),
-                              ("values", values, None)):
-            checks.tensor(name, t, where, floating=True)
-            if t.ndim != 3 or (last is not None and t.shape[-1] != last):
-                checks.fail(name, f"(batch, length, {last})" if last is not None else "(batch, S, Ev)", t, where)
-            if t.dtype != dtype:
-                checks.fail(name, f"of the parameters' dtype {dtype} (cast one explicitly)", t, where, TypeError)
+        for name, t, features in (("queries", queries, self.query_size), ("keys", keys, self.key_size),
+                                  ("values", values, None)):
+            checks.sequences(name, t, features, dtype, where=where)
         if not queries.shape[0] == keys.shape[0] == values.shape[0]:
             checks.fail("keys, values", f"of queries' batch size {queries.shape[0]}", keys, where,
                         received=f"keys {keys.shape}, values {values.shape}")

@@ -39,13 +39,10 @@ def transpose_output(x):
 def check_qkv(query, key, value, embed_dim, kdim, vdim, where=None, dtype=None):
     """ValueError / TypeError naming the argument when query, key, value are not (B, L, E), (B, S, kdim),
     (B, S, vdim) tensors of one dtype (``dtype``, the layer's parameters', when given)."""
-    for name, t, last in (("query", query, embed_dim), ("key", key, kdim), ("value", value, vdim)):
-        checks.tensor(name, t, where, floating=True)
-        if t.ndim != 3 or t.shape[-1] != last:
-            checks.fail(name, f"(batch, length, {last})", t, where)
-        if t.dtype != (query.dtype if dtype is None else dtype):
-            checks.fail(name, f"of dtype {query.dtype if dtype is None else dtype} (the "
-                        f"{'query' if dtype is None else 'parameters'}'; cast explicitly)", t, where, TypeError)
+    checks.sequences("query", query, embed_dim, dtype, where=where)
+    dtype, whose = (query.dtype, "query's") if dtype is None else (dtype, "the parameters'")
+    checks.sequences("key", key, kdim, dtype, whose, where)
+    checks.sequences("value", value, vdim, dtype, whose, where)
     if not query.shape[0] == key.shape[0] == value.shape[0]:
         checks.fail("key, value", f"of query's batch size {query.shape[0]}", key, where,
                     received=f"key {key.shape}, value {value.shape}")

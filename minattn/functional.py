@@ -20,12 +20,6 @@ from minattn.fused.rotary import RotaryEmbeddingFunction
 from minattn.fused.softmax import SoftmaxFunction
 
 
-def _same_dtype(where, reference, name, t):
-    """TypeError in the checks' format unless tensor ``t`` has ``reference``'s dtype (minattn never casts silently)."""
-    if t.dtype != reference[1].dtype:
-        checks.fail(name, f"of {reference[0]}'s dtype {reference[1].dtype} (cast one explicitly)", t, where, TypeError)
-
-
 def linear(x, weight, bias=None):
     """y = x Wᵀ + b.  x: (..., in_features), weight: (out_features, in_features), bias: (out_features,) or None.
 
@@ -54,8 +48,8 @@ def _check_linear(where, x, weight, bias):
         checks.tensor("bias", bias, where, floating=True)
         if bias.shape != weight.shape[:1]:
             checks.fail("bias", f"({weight.shape[0]},) to match the weight", bias, where)
-        _same_dtype(where, ("weight", weight), "bias", bias)
-    _same_dtype(where, ("weight", weight), "x", x)
+        checks.matching_dtype("bias", bias, weight.dtype, "weight's", where)
+    checks.matching_dtype("x", x, weight.dtype, "weight's", where)
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         checks.fail("x", f"(..., in_features={weight.shape[1]})", x, where)
 
@@ -155,7 +149,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None):
             checks.tensor(name, p, where, floating=True)
             if p.ndim != 1:
                 checks.fail(name, "(D,)", p, where)
-            _same_dtype(where, ("x", x), name, p)
+            checks.matching_dtype(name, p, x.dtype, "x's", where)
     given = weight if weight is not None else bias                # the parameters fix D, as normalized_shape does
     size = x.shape[-1] if given is None else given.shape[0]
     if x.shape[-1] != size:
@@ -170,7 +164,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None):
     checks.tensor("residual", residual, where, floating=True)
     if residual.shape != x.shape:
         checks.fail("residual", f"of x's shape {x.shape}", residual, where)
-    _same_dtype(where, ("x", x), "residual", residual)
+    checks.matching_dtype("residual", residual, x.dtype, "x's", where)
     return LayerNormFunction.apply(x, weight, bias, residual, eps=eps)
 
 
@@ -236,7 +230,7 @@ def _check_qkv(where, query, key, value, enable_gqa=False):
         checks.tensor(name, t, where, floating=True)
         if t.ndim < (3 if enable_gqa else 2):
             checks.fail(name, axes, t, where)
-        _same_dtype(where, ("query", query), name, t)
+        checks.matching_dtype(name, t, query.dtype, "query's", where)
     if query.shape[-1] != key.shape[-1]:
         checks.fail("key", f"(..., S, {query.shape[-1]}): the last axis E of query {query.shape}", key, where)
     if key.shape[-2] != value.shape[-2]:
@@ -250,11 +244,8 @@ def _check_qkv(where, query, key, value, enable_gqa=False):
             checks.fail("key, value", f"one number of heads dividing query's {heads} (enable_gqa)", key, where,
                         received=f"key {key.shape}, value {value.shape}")
         batches = (query.shape[:-2], key.shape[:-3] + (heads,), value.shape[:-3] + (heads,))
-    try:
-        batch = masks.broadcast_shape(*batches)
-    except ValueError:
-        checks.fail("query, key, value", "batch axes that broadcast together", query, where,
-                    received=f"query {query.shape}, key {key.shape}, value {value.shape}")
+    batch = checks.broadcastable("query, key, value", batches, "batch axes that broadcast together", query, where,
+                                 received=f"query {query.shape}, key {key.shape}, value {value.shape}")
     return batch, query.shape[-2], key.shape[-2]
 
 

@@ -112,12 +112,8 @@ class DecoderBlock(Module):
         checked — shape, width and dtype — before the self-attention runs (and could draw dropout or fill a cache)."""
         where = "DecoderBlock"
         width, dtype = self.ffn.dense1.weight.shape[1], self.ffn.dense1.weight.dtype     # d, the parameters' dtype
-        for name, t in (("x", x), ("memory", memory)):
-            checks.tensor(name, t, where, floating=True)
-            if t.ndim != 3 or t.shape[-1] != width:
-                checks.fail(name, f"(batch, length, {width})", t, where)
-            if t.dtype != dtype:
-                checks.fail(name, f"of dtype {dtype} (the parameters'; cast explicitly)", t, where, TypeError)
+        checks.sequences("x", x, width, dtype, where=where)
+        checks.sequences("memory", memory, width, dtype, where=where)
         if memory.shape[0] != x.shape[0]:
             checks.fail("memory", f"({x.shape[0]}, S, {width}): x's batch", memory, where)
         if memory_valid_lens is not None:
@@ -202,12 +198,7 @@ class Transformer(Module):
         decoder block for incremental decoding: tgt_in then holds only the new tokens, at positions from
         ``caches[0][0].position`` on. Everything is checked before any dropout is drawn."""
         where = "Transformer.decode"
-        checks.tensor("memory", memory, where, floating=True)
-        if memory.ndim != 3 or memory.shape[-1] != self.embed_dim:
-            checks.fail("memory", f"(batch, S, {self.embed_dim})", memory, where)
-        if memory.dtype != self.output.weight.dtype:
-            checks.fail("memory", f"of dtype {self.output.weight.dtype} (the parameters'; cast explicitly)", memory,
-                        where, TypeError)
+        checks.sequences("memory", memory, self.embed_dim, self.output.weight.dtype, where=where)
         count = len(self.decoder_blocks)
         offset = 0 if caches is None else check_caches(
             caches, count, f"a list of {count} (self, cross) KVCache pairs, one per decoder block", where, pairs=True)

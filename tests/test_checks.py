@@ -186,6 +186,26 @@ def test_dtypes_and_integer_arrays():
     checks.lengths("lens", np.ones((2, 3), np.int64), batch=2, maximum=3, queries=3)
 
 
+def test_matching_dtype_sequences_and_broadcastable():
+    x = Tensor(np.zeros((2, 3, 4), np.float32))
+    assert checks.matching_dtype("x", x, np.float32, "weight's") is x
+    with pytest.raises(TypeError, match=r"^Linear: x must be of weight's dtype float64 \(cast one explicitly\), got "
+                                        r"Tensor of shape \(2, 3, 4\), dtype float32$"):
+        checks.matching_dtype("x", x, np.float64, "weight's", "Linear")
+    assert checks.sequences("x", x, 4, np.float32) is x and checks.sequences("x", x) is x
+    with pytest.raises(ValueError, match=r"^x must be \(batch, length, 5\), got Tensor of shape \(2, 3, 4\)"):
+        checks.sequences("x", x, 5)
+    with pytest.raises(ValueError, match=r"^x must be \(batch, length, features\), got Tensor of shape \(3, 4\)"):
+        checks.sequences("x", Tensor(np.zeros((3, 4), np.float32)))
+    with pytest.raises(TypeError, match=r"^x must be of the parameters' dtype float64"):
+        checks.sequences("x", x, 4, np.float64)
+    with pytest.raises(TypeError, match=r"^x must be a floating minattn Tensor, got ndarray"):
+        checks.sequences("x", np.zeros((2, 3, 4), np.float32))
+    assert checks.broadcastable("b", ((2, 1, 4), (3, 1)), "broadcastable", None) == (2, 3, 4)
+    with pytest.raises(ValueError, match=r"^add: b must be broadcastable with a, got shapes \(2, 3\), \(4,\)$"):
+        checks.broadcastable("b", ((2, 3), (4,)), "broadcastable with a", None, "add", received="shapes (2, 3), (4,)")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Part 2: the defects of issue 14, one test (or one parametrized family) each
 # ---------------------------------------------------------------------------------------------------------------------
