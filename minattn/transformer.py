@@ -117,7 +117,12 @@ class DecoderBlock(Module):
         if memory.shape[0] != x.shape[0]:
             checks.fail("memory", f"({x.shape[0]}, S, {width}): x's batch", memory, where)
         if memory_valid_lens is not None:
-            checks.lengths("memory_valid_lens", memory_valid_lens, x.shape[0], memory.shape[1], x.shape[1], where)
+            memory_valid_lens = checks.lengths("memory_valid_lens", memory_valid_lens, x.shape[0], memory.shape[1],
+                                               x.shape[1], where)
+        return self._forward(x, memory, memory_valid_lens, caches)
+
+    def _forward(self, x, memory, memory_valid_lens=None, caches=None):
+        """``forward`` on arguments already checked (by it, or by the Transformer that holds this block)."""
         own, cross = ({"cache": caches[0]}, {"cache": caches[1]}) if caches is not None else ({}, {})
         x = self.residual1(x, lambda h: self.self_attention(h, h, h, is_causal=True, **own))      # (B, T, d)
         x = self.residual2(x, lambda h: self.cross_attention(h, memory, memory, valid_lens=memory_valid_lens,
@@ -187,7 +192,11 @@ class Transformer(Module):
 
     def encode(self, src, src_valid_lens=None):
         """src (B, S) ids, src_valid_lens (B,) or None → memory (B, S, d). Checked before any dropout is drawn."""
-        src, src_valid_lens = self._checked_src("Transformer.encode", src, src_valid_lens)
+        return self._encode(*self._checked_src("Transformer.encode", src, src_valid_lens))
+
+    def _encode(self, src, src_valid_lens):
+        """``encode`` on arguments already checked: the public entry points check once, then run the private ones
+        (each range check of ids or lengths is a read of the device on CuPy)."""
         x = self.positions(self.src_embedding(src))                   # (B, S, d)
         for block in self.encoder_blocks:
             x = block(x, src_valid_lens)                              # (B, S, d)
@@ -208,9 +217,13 @@ class Transformer(Module):
         if src_valid_lens is not None:
             src_valid_lens = checks.lengths("src_valid_lens", src_valid_lens, memory.shape[0], memory.shape[1],
                                             where=where)
+        return self._decode(tgt_in, memory, src_valid_lens, caches, offset)
+
+    def _decode(self, tgt_in, memory, src_valid_lens=None, caches=None, offset=0):
+        """``decode`` on arguments already checked (see ``_encode``); ``offset``: the caches' position."""
         y = self.positions(self.tgt_embedding(tgt_in), offset)        # (B, T, d)
         for i, block in enumerate(self.decoder_blocks):
-            y = block(y, memory, src_valid_lens, None if caches is None else caches[i])   # (B, T, d)
+            y = block._forward(y, memory, src_valid_lens, None if caches is None else caches[i])   # (B, T, d)
         if self.final_norm is not None:
             y = self.final_norm(y)
         return self.output(y)                                         # (B, T, V)
@@ -223,7 +236,7 @@ class Transformer(Module):
         """
         src, src_valid_lens = self._checked_src("Transformer", src, src_valid_lens)
         tgt_in = self._checked_tgt("Transformer", tgt_in, src.shape[0])
-        return self.decode(tgt_in, self.encode(src, src_valid_lens), src_valid_lens)
+        return self._decode(tgt_in, self._encode(src, src_valid_lens), src_valid_lens)
 
     def greedy_decode(self, src, src_valid_lens, bos_id, eos_id, max_len, pad_id=0, use_cache=True):
         """Generate up to ``max_len`` tokens per sequence, each the argmax given the ones before (no graph recorded).
@@ -253,17 +266,17 @@ class Transformer(Module):
     def _greedy(self, src, src_valid_lens, bos_id, eos_id, max_len, pad_id, use_cache):
         cached = use_cache and all(isinstance(b.self_attention, MultiHeadAttention) for b in self.decoder_blocks)
         with no_grad():
-            memory = self.encode(src, src_valid_lens)                                 # (B, S, d)
+            memory = self._encode(src, src_valid_lens)                                # (B, S, d)
             batch = memory.shape[0]
             ys = xp.full((batch, 1), bos_id, dtype=backend.int64)                     # (B, 1)
             done = xp.zeros(batch, dtype=bool)                                        # (B,)
             caches = [(KVCache(max_len), KVCache(memory.shape[1], static=True)) for _ in self.decoder_blocks] \
                 if cached else None                                                   # (self: T, cross: S positions)
-            for _ in range(max_len):
+            for t in range(max_len):                                                  # ids made here: no checks
                 if cached:                                                            # the newest token only
-                    logits = self.decode(Tensor(ys[:, -1:]), memory, src_valid_lens, caches)   # (B, 1, V)
+                    logits = self._decode(Tensor(ys[:, -1:]), memory, src_valid_lens, caches, t)   # (B, 1, V)
                 else:                                                                 # the whole prefix again
-                    logits = self.decode(Tensor(ys), memory, src_valid_lens)          # (B, t, V)
+                    logits = self._decode(Tensor(ys), memory, src_valid_lens)         # (B, t, V)
                 nxt = logits.data[:, -1].argmax(axis=-1)                              # (B,)
                 nxt = xp.where(done, pad_id, nxt)                                     # (B,)
                 ys = xp.concatenate([ys, nxt[:, None]], axis=1)                       # (B, t + 1)

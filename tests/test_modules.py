@@ -252,6 +252,31 @@ def test_transformer_forward_shape(rng):
     assert np.all(host(weights[0])[1, :, :, 3:] == 0)          # padding keys of sequence 1 get no weight
 
 
+def test_transformer_checks_each_id_and_length_argument_once_per_call(rng, monkeypatch):
+    """Each range check of ids or lengths is a read of the device on CuPy: the public entry points check src,
+    tgt_in and src_valid_lens once, then run unchecked private paths — encode, decode and the decoder blocks do not
+    check them again, and greedy_decode does not re-check the tokens it makes itself. (Before: forward checked src
+    twice, tgt_in twice, the lengths twice and once more per decoder block.)"""
+    from autograd import checks
+    names = []
+    for check in ("int_ids", "lengths"):
+        def counted(name, *args, _check=getattr(checks, check), **kwargs):
+            names.append(name)
+            return _check(name, *args, **kwargs)
+        monkeypatch.setattr(checks, check, counted)
+    manual_seed(8)
+    model = Transformer(11, 13, embed_dim=8, num_heads=2, ffn_hidden=16, num_encoder_layers=2, num_decoder_layers=2)
+    src, tgt, lens = _batch(rng)
+    model(src, tgt, lens)
+    assert (names.count("src"), names.count("tgt_in"), names.count("src_valid_lens")) == (1, 1, 1)
+    assert "memory_valid_lens" not in names
+    names.clear()
+    for use_cache in (True, False):
+        model.greedy_decode(src, lens, bos_id=1, eos_id=2, max_len=5, use_cache=use_cache)
+        assert (names.count("src"), names.count("tgt_in"), names.count("src_valid_lens")) == (1, 0, 1)
+        names.clear()
+
+
 def test_transformer_greedy_decode(rng):
     manual_seed(9)
     model = Transformer(11, 13, embed_dim=8, num_heads=2, ffn_hidden=16, num_encoder_layers=1, num_decoder_layers=1,
