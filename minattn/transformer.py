@@ -117,12 +117,7 @@ class DecoderBlock(Module):
         if memory.shape[0] != x.shape[0]:
             checks.fail("memory", f"({x.shape[0]}, S, {width}): x's batch", memory, where)
         if memory_valid_lens is not None:
-            memory_valid_lens = checks.lengths("memory_valid_lens", memory_valid_lens, x.shape[0], memory.shape[1],
-                                               x.shape[1], where)
-        return self._forward(x, memory, memory_valid_lens, caches)
-
-    def _forward(self, x, memory, memory_valid_lens=None, caches=None):
-        """``forward`` on arguments already checked (by it, or by the Transformer that holds this block)."""
+            checks.lengths("memory_valid_lens", memory_valid_lens, x.shape[0], memory.shape[1], x.shape[1], where)
         own, cross = ({"cache": caches[0]}, {"cache": caches[1]}) if caches is not None else ({}, {})
         x = self.residual1(x, lambda h: self.self_attention(h, h, h, is_causal=True, **own))      # (B, T, d)
         x = self.residual2(x, lambda h: self.cross_attention(h, memory, memory, valid_lens=memory_valid_lens,
@@ -223,7 +218,7 @@ class Transformer(Module):
         """``decode`` on arguments already checked (see ``_encode``); ``offset``: the caches' position."""
         y = self.positions(self.tgt_embedding(tgt_in), offset)        # (B, T, d)
         for i, block in enumerate(self.decoder_blocks):
-            y = block._forward(y, memory, src_valid_lens, None if caches is None else caches[i])   # (B, T, d)
+            y = block(y, memory, src_valid_lens, None if caches is None else caches[i])   # (B, T, d)
         if self.final_norm is not None:
             y = self.final_norm(y)
         return self.output(y)                                         # (B, T, V)
