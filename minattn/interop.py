@@ -81,8 +81,9 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # --- the twins: minattn's structure, layer for layer, in torch --------------------------------------------------------
 class TorchPositionalEncoding(nn.Module):
     """minattn's PositionalEncoding: x + P[offset : offset + L], then dropout; P minattn's own sinusoidal table
-    (``layers.sinusoidal_positions``, float64, as a non-persistent buffer: not in state_dict, as minattn's table is
-    no parameter). Shapes: x (B, L, d) → (B, L, d). ValueError if L > max_len. Source: Vaswani et al. 2017, §3.5."""
+    (``layers.sinusoidal_positions``, computed in float64 and stored in the twin's dtype — float32 by default — as a
+    non-persistent buffer: not in state_dict, as minattn's table is no parameter). Shapes: x (B, L, d) → (B, L, d).
+    ValueError if offset + L > max_len. Source: Vaswani et al. 2017, §3.5."""
 
     def __init__(self, embed_dim, dropout=0.0, max_len=1000, dtype=None):
         super().__init__()
