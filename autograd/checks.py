@@ -311,8 +311,9 @@ def tensor(name, value, where=None, floating=False):
 
 
 def matching_dtype(name, value, dtype, whose, where=None):
-    """``value`` (a Tensor or array), after checking its dtype is ``dtype``; ``whose`` says where that dtype comes
-    from ("weight's", "query's", "the parameters'"). TypeError otherwise: nothing is cast silently."""
+    """``value`` (a Tensor or array), after checking its dtype is ``dtype`` (a dtype, its name or its type; not
+    None); ``whose`` says where that dtype comes from ("weight's", "query's", "the parameters'"). TypeError otherwise:
+    nothing is cast silently."""
     if value.dtype != dtype:
         fail(name, f"of {whose} dtype {backend.dtype_of(dtype)} (cast one explicitly)", value, where, TypeError)
     return value

@@ -143,7 +143,9 @@ class Transformer(Module):
     embedding and the unit-amplitude positional table start on an equal footing.
     Every argument is checked (``autograd.checks``; the attention options as the layer checks them) before any
     parameter is drawn from the seeded stream; every call's ids, lengths and shapes before any dropout is drawn or
-    attention weights are replaced.
+    attention weights are replaced. Each public method checks once and then runs the private ``_encode`` /
+    ``_decode``: ``forward`` and ``greedy_decode`` do not go through ``encode`` / ``decode`` (a subclass that
+    overrides those two changes only the calls made to them).
     """
 
     def __init__(self, src_vocab_size, tgt_vocab_size, embed_dim=64, num_heads=4, ffn_hidden=128,
