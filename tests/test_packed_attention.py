@@ -312,6 +312,19 @@ def test_mha_packed_path_equals_three_products(rng, packed_calls, case, path):
         assert not np.allclose(different["out"], packed["out"])
 
 
+@pytest.mark.parametrize("batch, length", [(BATCH, 0), (0, LENGTH)])
+def test_mha_packed_path_with_an_empty_batch_or_length(rng, packed_calls, batch, length):
+    """No sequence, or sequences of no token: forward and backward run (the backward once could not infer a -1 axis
+    of an empty gradient), with the three-product path's empty results and zero parameter gradients."""
+    manual_seed(1)
+    layer = MultiHeadAttention(EMBED, HEADS, dtype="float64")
+    x, w = np.zeros((batch, length, EMBED)), np.zeros((batch, length, EMBED))
+    packed = _run_mha(layer, x, {}, w, "packed")
+    assert packed_calls == [layer] and packed["out"].shape == (batch, length, EMBED)
+    _assert_same_run(packed, _run_mha(layer, x, {}, w, "two tensors"))
+    assert all(not grad.any() for grad in packed["params"].values())
+
+
 def test_mha_packed_fully_masked_query_gets_only_output_bias(rng, packed_calls):
     manual_seed(2)
     layer = MultiHeadAttention(EMBED, HEADS, dtype="float64")

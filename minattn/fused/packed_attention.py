@@ -52,7 +52,8 @@ class PackedSelfAttentionFunction(Function):
         qkv, p, dropout_mask = ctx.saved
         q, k, v = split_heads(qkv, ctx.num_heads)                      # (B, h, L, d) each
         batch, length, features = grad_out.shape
-        grad_o = grad_out.reshape(batch, length, ctx.num_heads, -1).swapaxes(1, 2)   # (B, h, L, d)  dO_h, views
+        heads = grad_out.reshape(batch, length, ctx.num_heads, features // ctx.num_heads)   # (B, L, h, d); no -1:
+        grad_o = heads.swapaxes(1, 2)                                  # (B, h, L, d)  dO_h, views   B, L may be 0
         grads = parallel.map_batch(attention_backward, q, k, v, p, dropout_mask, grad_o, scale=ctx.scale,
                                    grads_for=(q, k, v))                # dQ, dK, dV: (B, h, L, d) each
         d_qkv = xp.empty_like(qkv)                                     # (B, L, 3·h·d)
