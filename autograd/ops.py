@@ -209,7 +209,7 @@ class Mean(Function):
     def forward(ctx, x, axes, keepdims):
         ctx.shape, ctx.axes, ctx.count = x.shape, axes, math.prod(x.shape[a] for a in axes)
         if ctx.count == 0:
-            return x.sum(axis=axes, keepdims=keepdims) + xp.nan      # 0 + NaN: NaN of the result's shape, quietly
+            return x.sum(axis=axes, keepdims=keepdims) / x.dtype.type(0)   # 0 / 0: NaN of the result's shape and dtype
         return x.mean(axis=axes, keepdims=keepdims)
 
     @staticmethod
