@@ -284,8 +284,7 @@ class MultiHeadAttention(Module):
         offset = cache.position                                        # the first new query's position
         reuse = cache.static and cache.length                          # cross-attention: the memory's, once
         num_keys = cache.length if reuse else cache.length + key.shape[1]
-        if not reuse:
-            cache.check_room("key", key.shape[1], where)
+        cache.check_room("key", key.shape[1], where)                  # a static cache in reuse: always room
         causal = masks.causal_mask(new, num_keys, self.window, offset) if is_causal else None   # (t, S)
         mask, bias = masks.attention_masks(batch, self.num_heads, new, num_keys, query.dtype, valid_lens, causal,
                                            where=where)                # checked before the cache changes

@@ -41,8 +41,8 @@ class KVCache:
 
     def check_room(self, name, new, where="KVCache"):
         """ValueError naming ``name`` unless ``new`` more positions fit in max_len (checked before anything is
-        computed or written)."""
-        if self.length + new > self.max_len:
+        computed or written). A static cache that already holds its keys writes nothing more: it always has room."""
+        if not (self.static and self.length) and self.length + new > self.max_len:
             checks.fail(name, f"at most {self.max_len - self.length} new positions to fit in the cache (it holds "
                         f"{self.length} of max_len={self.max_len})", new, where, received=f"{new} positions")
 

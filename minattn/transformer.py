@@ -209,8 +209,9 @@ class Transformer(Module):
         offset = 0 if caches is None else check_caches(
             caches, count, f"a list of {count} (self, cross) KVCache pairs, one per decoder block", where, pairs=True)
         tgt_in = self._checked_tgt(where, tgt_in, memory.shape[0], offset)
-        for own, _ in caches or ():
-            own.check_room("tgt_in", tgt_in.shape[1], where)              # every block's, before block 0 writes
+        for own, cross in caches or ():                                   # every block's, before block 0 writes
+            own.check_room("tgt_in", tgt_in.shape[1], where)
+            cross.check_room("memory", memory.shape[1], where)
         if src_valid_lens is not None:
             src_valid_lens = checks.lengths("src_valid_lens", src_valid_lens, memory.shape[0], memory.shape[1],
                                             where=where)

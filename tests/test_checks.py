@@ -667,7 +667,8 @@ def test_every_cache_is_checked_before_the_first_block_writes(rng):
     tgt = ids(rng.integers(3, 10, (1, 3)))
     first = (KVCache(6), KVCache(6, static=True))
     for caches, error, name in (([first, KVCache(6)], TypeError, r"caches\[1\]"),
-                                ([first, (KVCache(2), KVCache(6, static=True))], ValueError, "tgt_in")):
+                                ([first, (KVCache(2), KVCache(6, static=True))], ValueError, "tgt_in"),
+                                ([first, (KVCache(6), KVCache(2, static=True))], ValueError, "memory")):
         with no_grad(), unchanged(model), pytest.raises(error, match=message(r"Transformer\.decode", name)):
             model.decode(tgt, memory, caches=caches)
         assert first[0].length == 0 and first[1].length == 0
