@@ -79,6 +79,8 @@ def parse_args(argv=None):
         p.error(f"--checkpoint-every {args.checkpoint_every} must be a multiple of --eval-every {args.eval_every}")
     if args.lr_schedule == "cosine" and not 0 <= args.warmup_steps < args.lr_decay_steps:
         p.error(f"--warmup-steps {args.warmup_steps} must be >= 0 and below --lr-decay-steps {args.lr_decay_steps}")
+    if args.lr_schedule == "cosine" and not 0 <= args.min_lr <= args.lr:
+        p.error(f"--min-lr {args.min_lr} must be >= 0 and at most --lr {args.lr}")
     if args.embed_dim % args.num_heads:
         p.error(f"--embed-dim {args.embed_dim} must be divisible by --num-heads {args.num_heads}")
     try:                                                    # now, not after the training run that samples at its end

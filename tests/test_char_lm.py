@@ -2,6 +2,8 @@
 and writes its figures and metrics.json; the default corpus is Python's own pydoc topics."""
 import json
 
+import pytest
+
 from demos import char_lm
 
 
@@ -45,3 +47,13 @@ def test_resume_repeats_the_uninterrupted_run_bit_for_bit(tmp_path):
         other = [("2" if a == "1" and common[i - 1] == "--layers" else a) for i, a in enumerate(common)]
         char_lm.main(other + ["--steps", "4", "--resume", str(first / "checkpoint.npz"),
                               "--out", str(tmp_path / "other")])
+
+
+def test_options_that_would_fail_after_loading_the_corpus_are_refused_at_parse_time(capsys):
+    """--min-lr above --lr, warm-up past the decay, a bad --top-p: argparse errors before any work, naming them."""
+    for argv, option in ((["--min-lr", "0.1"], "--min-lr"), (["--warmup-steps", "3000"], "--warmup-steps"),
+                         (["--top-p", "1.5"], "top_p")):
+        with pytest.raises(SystemExit):
+            char_lm.parse_args(argv)
+        assert option in capsys.readouterr().err
+    assert char_lm.parse_args(["--min-lr", "1e-3"]).min_lr == 1e-3       # equal to --lr: allowed
