@@ -2,7 +2,7 @@
 the equivalent minattn module. Weights are copied, never shared; neither library's random stream is drawn from.
 
     from minattn import interop
-    twin = interop.to_torch(model)          # minattn.GPT → interop.TorchGPT, a torch.nn.Module, float64 if model is
+    twin = interop.to_torch(model)          # minattn.GPT → interop.TorchGPT, a torch.nn.Module, in model's dtype
     logits = twin(torch.as_tensor(ids))     # the same logits (B, T, V) as model(ids), to rounding
     again = interop.from_torch(twin)        # → a new minattn.GPT with the twin's weights
 
@@ -493,7 +493,7 @@ def parameter_map(module):
     for name, _ in module.named_parameters():
         prefix, _, rest = name.rpartition(".")
         owner, _, layer = prefix.rpartition(".")
-        mha = attention.get(owner if layer else "") if layer in ("W_q", "W_k", "W_v", "W_o") else None
+        mha = attention.get(owner) if layer in ("W_q", "W_k", "W_v", "W_o") else None
         if mha is None or not _is_plain(mha):
             out.append((name, name, None))
             continue
@@ -544,7 +544,7 @@ def _copy_out(twin, module):
             raise ValueError(f"from_torch: the torch module has no parameter {torch_name!r} (for minattn's {name!r})")
         value = params[torch_name].detach()
         value = value if rows is None else value[rows[0]:rows[1]]
-        state[name] = backend.asarray(value.cpu().to(torch.float64).numpy().astype(own[name].dtype))
+        state[name] = backend.asarray(value.to("cpu", _DTYPES[str(own[name].dtype)]).numpy())
         used.add(torch_name)
     extra = sorted(set(params) - used)
     if extra:
@@ -728,8 +728,9 @@ def _copy_layer_norm(m, module):
     state = {}
     for name in ("weight", "bias"):
         p = getattr(m, name)
-        value = np.ones(own[name].shape) if name == "weight" else np.zeros(own[name].shape)
+        dtype = own[name].dtype
+        value = np.ones(own[name].shape, dtype) if name == "weight" else np.zeros(own[name].shape, dtype)
         if p is not None:
-            value = p.detach().cpu().to(torch.float64).numpy()
-        state[name] = backend.asarray(value.astype(own[name].dtype))
+            value = p.detach().to("cpu", _DTYPES[str(dtype)]).numpy()
+        state[name] = backend.asarray(value)
     module.load_state_dict(state)
