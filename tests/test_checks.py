@@ -42,7 +42,7 @@ from minattn import (GPT, SGD, Adam, AdditiveAttention, CosineSchedule, Embeddin
                      Transformer, WarmupSchedule, checkpoint, clip_grad_norm_, manual_seed)
 from minattn import functional as F
 from tests.conftest import host
-from tests.test_bad_input import unchanged
+from tests.test_bad_input import f32, ids, unchanged
 
 FORMAT = r"^{where}: {name} must be .+, got .+$"
 
@@ -50,14 +50,6 @@ FORMAT = r"^{where}: {name} must be .+, got .+$"
 def message(where, name):
     """The regex of a message in the checks' format, from ``where`` about argument ``name`` (both regexes)."""
     return FORMAT.format(where=where, name=name)
-
-
-def f32(rng, *shape):
-    return Tensor(backend.asarray(rng.standard_normal(shape).astype(np.float32)))
-
-
-def ids(array):
-    return Tensor(backend.asarray(np.asarray(array, dtype=np.int64)))
 
 
 def lens(array):

@@ -87,6 +87,7 @@ from minattn import (GPT, SGD, Adam, CosineSchedule, Dropout, Embedding, LayerNo
 from minattn import functional as F
 from minattn.optim import Optimizer
 from tests import numpy_reference as npref
+from tests.conftest import host
 
 try:
     import torch
@@ -546,10 +547,6 @@ seeds = st.integers(0, 2**32 - 1)
 def tensor(a, dtype=np.float64, requires_grad=False):
     """A backend Tensor of ``a`` in ``dtype``."""
     return Tensor(backend.asarray(np.asarray(a, dtype=dtype)), requires_grad=requires_grad)
-
-
-def host(x):
-    return backend.to_numpy(x.data if isinstance(x, Tensor) else x)
 
 
 def with_state(model, loss_of):

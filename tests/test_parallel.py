@@ -47,6 +47,7 @@ from minattn.fused.packed_attention import PackedSelfAttentionFunction
 from minattn.fused.softmax import SoftmaxFunction
 from minattn.fused.talking_heads import TalkingHeadsFunction
 from tests.conftest import host, t64
+from tests.test_linear_relu import away_from_the_kink
 
 TIGHT = dict(rtol=1e-12, atol=1e-12)
 FLOAT32 = dict(rtol=1e-5, atol=1e-5)
@@ -1355,12 +1356,7 @@ def test_gradcheck_linear_chunked(chunk_log, rng):
 
 def test_gradcheck_linear_relu_chunked(chunk_log, rng):
     """x (5, 3, 4) with every pre-activation x Wᵀ + b at least 0.1 from the ReLU's kink (redrawn until so)."""
-    for _ in range(1000):
-        arrays = [rng.standard_normal((5, 3, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3)]
-        if np.abs(arrays[0] @ arrays[1].T + arrays[2]).min() >= 0.1:
-            break
-    else:
-        raise AssertionError("no draw away from the kink")
+    arrays = away_from_the_kink(rng, (5, 3, 4))
     _gradcheck_chunked(chunk_log, lambda *t: LinearReLUFunction.apply(*t), arrays)
 
 
