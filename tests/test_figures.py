@@ -39,7 +39,9 @@ def test_only_makes_a_subset(tmp_path):
     assert "[rotary_scores.png]" in readme and "[copy_attention.png]" not in readme
 
 
-def test_only_rejects_unknown_names(tmp_path):
-    """An unknown name is a usage error that lists the valid ones."""
-    with pytest.raises(SystemExit):
+def test_only_rejects_unknown_names(tmp_path, capsys):
+    """An unknown name is a usage error that lists the valid ones, before any figure is made."""
+    with pytest.raises(SystemExit) as exit_:
         figures.main(["--quick", "--only", "no_such_figure", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "copy_attention" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))

@@ -466,7 +466,7 @@ def test_replaced_projections_never_pack_and_keep_their_forward(rng, packed_call
     np.testing.assert_array_equal(host(out), host(layer(x, twin, twin, is_causal=True)))
 
 
-def test_projection_of_another_dtype_never_packs(rng, packed_calls):
+def test_projection_of_another_dtype_never_packs(rng):
     layer = MultiHeadAttention(8, 2, dtype="float64")
     _w_v_in_float32(layer)
     x = t64(rng.standard_normal((2, 5, 8)))
