@@ -211,3 +211,21 @@ def test_cross_entropy_on_an_n_c_d_layout_with_logits_of_1e4(rng):
     target = rng.integers(0, 5, (3, 4))
     results = run_both(lambda t: F.cross_entropy(t, backend.asarray(target)), [x])
     assert_finite_and_agree(results, LOSS)
+
+
+def test_cross_entropy_with_a_minus_inf_logit_ignores_that_class():
+    """A class at -inf has probability 0: the loss is logsumexp over the others minus the target's logit, its
+    gradient finite (0 at that class). Without label smoothing there is no 0 · log 0 = 0 · (−inf) term to give NaN."""
+    logits = Tensor(backend.asarray(np.array([[0.5, -np.inf, 1.0]])), requires_grad=True)
+    loss = F.cross_entropy(logits, backend.asarray(np.array([0])))
+    np.testing.assert_allclose(host(loss), np.log(np.exp(0.5) + np.exp(1.0)) - 0.5, rtol=1e-15)
+    loss.backward()
+    p = np.exp([0.5, 1.0]) / np.exp([0.5, 1.0]).sum()
+    np.testing.assert_allclose(host(logits.grad), [[p[0] - 1, 0.0, p[1]]], rtol=1e-15, atol=1e-15)
+
+
+def test_softmax_of_a_row_with_plus_inf_is_nan_as_pytorchs():
+    """exp(inf − inf) is NaN: a row holding +inf has no defined softmax, and PyTorch gives NaN in every entry (an
+    unmasked row whose max is +inf is shifted by it, not by 0 as a fully masked row is)."""
+    out = host(F.softmax(Tensor(backend.asarray(np.array([[np.inf, 1.0], [0.0, 1.0]])))))
+    assert np.isnan(out[0]).all() and np.isfinite(out[1]).all()
